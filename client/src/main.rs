@@ -1,0 +1,51 @@
+//! `kforge`: build and sign kernel-module images. This binary holds the CLI.
+
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Build and sign out-of-tree kernel modules and the images that carry them.
+#[derive(Debug, Parser)]
+#[command(name = "kforge", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a module-signing key and self-signed certificate (ready for `mokutil --import`).
+    Keygen(commands::keygen::Args),
+    /// Sign kernel modules in place or into another directory, byte-compatible with sign-file.
+    Sign(commands::sign::Args),
+    /// Verify modules' signatures against a certificate.
+    Verify(commands::verify::Args),
+    /// Show what is in modules and their signatures, without checking trust.
+    Inspect(commands::verify::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen(args) => commands::keygen::run(args),
+        Command::Sign(args) => commands::sign::run(args),
+        Command::Verify(args) => commands::verify::run(args),
+        Command::Inspect(args) => commands::verify::inspect(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
