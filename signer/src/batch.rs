@@ -155,7 +155,7 @@ pub fn sign_jobs(
 
 fn sign_one(signer: &Signer, job: &Job, opts: &BatchOptions) -> Result<Outcome, Error> {
     let input = fs::read(&job.src).map_err(Error::io(&job.src, "read"))?;
-    let Signed { bytes, info, replaced, .. } = signer.sign(&input).map_err(|e| e.at(&job.src))?;
+    let Signed { bytes, info, replaced, .. } = signer.sign(input).map_err(|e| e.at(&job.src))?;
     let meta = fs::metadata(&job.src).map_err(Error::io(&job.src, "stat"))?;
     write_atomic(&job.dst, &bytes, &meta, opts.fsync)?;
     tracing::debug!(module = %info.name, src = %job.src.display(), dst = %job.dst.display(), "signed");

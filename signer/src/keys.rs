@@ -82,7 +82,7 @@ impl Certificate {
     pub fn fingerprint_sha256(&self) -> String {
         self.x509
             .digest(openssl::hash::MessageDigest::sha256())
-            .map(|d| hex::encode(d))
+            .map(hex::encode)
             .unwrap_or_default()
     }
 

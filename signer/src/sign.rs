@@ -67,26 +67,25 @@ impl Signer {
         &self.key
     }
 
-    /// Signs an uncompressed module: strips any appended signatures, checks it is a module,
-    /// and returns the module with a fresh signature appended.
-    pub fn sign_module(&self, bytes: &[u8]) -> Result<(Vec<u8>, ModuleInfo, usize), Error> {
-        let (bare, replaced) = trailer::strip_all(bytes)?;
+    /// Signs an uncompressed module in its own buffer: strips any appended signatures, checks it
+    /// is a module, and appends a fresh signature.
+    pub fn sign_module(&self, mut bytes: Vec<u8>) -> Result<(Vec<u8>, ModuleInfo, usize), Error> {
+        let (bare, replaced) = trailer::strip_all(&bytes)?;
         let info = module::parse(bare)?;
         let cms = self.cms_for(bare)?;
-        let mut out = Vec::with_capacity(bare.len() + cms.len() + trailer::HEADER_LEN + trailer::MAGIC.len());
-        out.extend_from_slice(bare);
-        trailer::append(&mut out, &cms)?;
-        Ok((out, info, replaced))
+        let bare_len = bare.len();
+        bytes.truncate(bare_len);
+        trailer::append(&mut bytes, &cms)?;
+        Ok((bytes, info, replaced))
     }
 
     /// Signs a module that may be xz-, zstd- or gzip-compressed, keeping its compression.
-    pub fn sign(&self, bytes: &[u8]) -> Result<Signed, Error> {
-        let compression = Compression::detect(bytes);
+    pub fn sign(&self, bytes: Vec<u8>) -> Result<Signed, Error> {
+        let compression = Compression::detect(&bytes);
         let (bytes, info, replaced) = match compression {
             Compression::None => self.sign_module(bytes)?,
             c => {
-                let plain = c.decompress(bytes)?;
-                let (signed, info, replaced) = self.sign_module(&plain)?;
+                let (signed, info, replaced) = self.sign_module(c.decompress(&bytes)?)?;
                 (c.compress(&signed)?, info, replaced)
             }
         };
