@@ -202,3 +202,37 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn in_place_signing_leaves_hard_links_elsewhere_and_read_only_modes_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = modules();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = openssl_keys(dir.path(), "l", 2048);
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).expect("mkdir");
+    // Replacing modules recycles temporary files; a module whose inode is shared with a file
+    // outside the tree must never have that inode reused, or the outside file would change.
+    let linked = copy_to(&m.params, &tree, "0-linked.ko");
+    let outside = dir.path().join("outside-link.ko");
+    std::fs::hard_link(&linked, &outside).expect("hard link");
+    for i in 1..6 {
+        copy_to(if i % 2 == 0 { &m.hello } else { &m.params }, &tree, &format!("{i}.ko"));
+    }
+    let ro = copy_to(&m.hello, &tree, "9-readonly.ko");
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+    let out = ok(kforge().args(["sign", "-j", "1", "--key"]).arg(&keys.key).arg("--cert").arg(&keys.cert_der).arg(&tree));
+    assert!(out.contains("signed 7 modules"), "{out}");
+    assert!(std::fs::read(&outside).expect("read") == std::fs::read(&m.params).expect("read"), "the outside hard link changed");
+    let expected_params = sign_file(dir.path(), &m.params, "sha256", &keys.key, &keys.cert_der, false);
+    let expected_hello = sign_file(dir.path(), &m.hello, "sha256", &keys.key, &keys.cert_der, false);
+    assert!(std::fs::read(&linked).expect("read") == expected_params);
+    for i in 1..6 {
+        let expected = if i % 2 == 0 { &expected_hello } else { &expected_params };
+        assert!(&std::fs::read(tree.join(format!("{i}.ko"))).expect("read") == expected, "{i}.ko");
+    }
+    assert!(std::fs::read(&ro).expect("read") == expected_hello);
+    assert_eq!(ro.metadata().expect("stat").permissions().mode() & 0o777, 0o444);
+    let names: Vec<String> = std::fs::read_dir(&tree).expect("ls").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| n.ends_with(".ko") && !n.starts_with('.')), "leftovers: {names:?}");
+}

@@ -200,7 +200,8 @@ cpu=$(grep -m1 '^model name' /proc/cpuinfo | sed 's/^model name[[:space:]]*:[[:s
 cat <<EOF
 
 Corpus: every module of Debian's \`$pkg\` ($(basename "$deb" .deb | cut -d_ -f2)), Debian signatures stripped.
-Machine: $jobs × $cpu (nproc = $jobs). sign-file run as \`xargs -P$jobs -n 1\`.
+Machine: $cpu, nproc = $jobs; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg).
+sign-file run as \`xargs -P$jobs -n 1\`; kforge with its default of one thread per core.
 
 | key / hash | modules | corpus MB | sign-file s | kforge s | speed-up | kforge peak RSS MB | byte-identical |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |
