@@ -2,12 +2,14 @@
 # Runs every kforge test. On Debian it first installs, when missing, what the tests use for real:
 # the kernel's sign-file (linux-kbuild-6.1), the current kernel headers (whatever linux-headers-amd64
 # depends on today), a compiler for the test modules, kmod's modinfo, openssl, xz, zstd, gzip,
-# and OpenSSL's headers for the build.
+# a real registry (docker-registry, htpasswd from apache2-utils, curl), independent image tools
+# (skopeo, umoci), and OpenSSL's headers for the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
   linux-kbuild-6.1 linux-headers-amd64 gcc make libc6-dev kmod openssl xz-utils zstd gzip util-linux
+  docker-registry apache2-utils curl skopeo umoci
   libssl-dev pkg-config
 )
 missing=()

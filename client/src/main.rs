@@ -22,6 +22,8 @@ enum Command {
     Keygen(commands::keygen::Args),
     /// Sign kernel modules in place or into another directory, byte-compatible with sign-file.
     Sign(commands::sign::Args),
+    /// Sign the modules inside a container image: one new layer, pushed without rebuilding.
+    SignImage(commands::sign_image::Args),
     /// Verify modules' signatures against a certificate.
     Verify(commands::verify::Args),
     /// Show what is in modules and their signatures, without checking trust.
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen(args) => commands::keygen::run(args),
         Command::Sign(args) => commands::sign::run(args),
+        Command::SignImage(args) => commands::sign_image::run(args),
         Command::Verify(args) => commands::verify::run(args),
         Command::Inspect(args) => commands::verify::inspect(args),
     };

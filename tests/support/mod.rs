@@ -2,6 +2,9 @@
 //! headers, keys made with the openssl CLI, and the oracles (`sign-file`, `openssl cms`, `modinfo`).
 #![allow(dead_code)]
 
+pub mod oci;
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

@@ -2,6 +2,7 @@
 
 pub mod keygen;
 pub mod sign;
+pub mod sign_image;
 pub mod verify;
 
 use std::path::Path;

@@ -1,0 +1,133 @@
+//! `kforge sign-image`: sign the modules inside an image and push it with one extra layer.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use kforge_image::{sign_image, DockerConfig, Event, ImageRef, RegistryOptions, SignImage, Selection};
+use kforge_signer::{HashAlgorithm, Signer, SignerIdentifier, SigningKey};
+
+use super::{human_bytes, passphrase};
+
+/// Arguments of `kforge sign-image`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// RSA private key, PEM (KMM's `key`); encrypted keys take their passphrase from KBUILD_SIGN_PIN.
+    #[arg(long)]
+    key: PathBuf,
+    /// Certificate, DER or PEM (KMM's `cert`).
+    #[arg(long)]
+    cert: PathBuf,
+    /// Image to sign: registry/repo:tag, registry/repo@sha256:…, or oci:DIR[:tag].
+    #[arg(long)]
+    from: String,
+    /// Where to push the signed image: registry/repo:tag or oci:DIR[:tag].
+    #[arg(long)]
+    to: String,
+    /// Files to sign: absolute paths in the image (KMM's filesToSign) or glob patterns.
+    /// Default: every *.ko, *.ko.xz, *.ko.zst, *.ko.gz under /opt/lib/modules.
+    #[arg(long = "files", num_args = 1..)]
+    files: Vec<String>,
+    /// Digest: sha256, sha384, sha512, sha224 or sha1 (deprecated).
+    #[arg(long, default_value = "sha256")]
+    hash: String,
+    /// Name the certificate by subjectKeyIdentifier (sign-file -k).
+    #[arg(long)]
+    key_id: bool,
+    /// Read the key's passphrase from this file instead of KBUILD_SIGN_PIN.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// Registry credentials in docker config.json / .dockerconfigjson form
+    /// (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json).
+    #[arg(long)]
+    auth_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for the registries.
+    #[arg(long)]
+    ca: Vec<PathBuf>,
+    /// Talk plain HTTP to the registries (KMM's registryTLS.insecure).
+    #[arg(long)]
+    insecure: bool,
+    /// Do not verify the registries' TLS certificates (KMM's registryTLS.insecureSkipTLSVerify).
+    #[arg(long)]
+    insecure_skip_tls_verify: bool,
+    /// Network timeout in seconds for each registry request.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Also write the pushed digest to this file.
+    #[arg(long)]
+    digest_file: Option<PathBuf>,
+    /// Directory for temporary files (layers being copied, the new layer).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+/// Loads the key, signs the image and prints the pushed digest.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let hash: HashAlgorithm = args.hash.parse()?;
+    if hash.is_deprecated() {
+        tracing::warn!("{hash} is deprecated for module signatures; prefer sha256 or stronger");
+    }
+    let from: ImageRef = args.from.parse()?;
+    let to: ImageRef = args.to.parse()?;
+    let pass = passphrase(args.passphrase_file.as_deref())?;
+    let key = SigningKey::load(&args.key, &args.cert, pass.as_deref())?;
+    let id = if args.key_id { SignerIdentifier::KeyId } else { SignerIdentifier::IssuerSerial };
+    let signer = Arc::new(Signer::new(key, hash, id)?);
+
+    let mut registries = RegistryOptions {
+        credentials: match &args.auth_file {
+            Some(f) => DockerConfig::load(f)?,
+            None => DockerConfig::from_environment()?,
+        },
+        timeout: Duration::from_secs(args.timeout.max(1)),
+        ..RegistryOptions::default()
+    };
+    registries.tls.insecure = args.insecure;
+    registries.tls.skip_verify = args.insecure_skip_tls_verify;
+    for ca in &args.ca {
+        registries.add_ca_file(ca)?;
+    }
+    let selection = if args.files.is_empty() { Selection::Default } else { Selection::Files(args.files.clone()) };
+    let req = SignImage { from, to: to.clone(), selection, signer, registries, work_dir: args.work_dir.clone() };
+
+    let verbose = std::io::stderr().is_terminal() || std::env::var_os("KFORGE_PROGRESS").is_some();
+    let events: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e| report(&e, verbose));
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let result = runtime.block_on(sign_image(&req, events))?;
+    eprintln!(
+        "signed {} file{} and pushed {} ({}) in {:.1}s, {} uploaded",
+        result.signed.len(),
+        if result.signed.len() == 1 { "" } else { "s" },
+        to,
+        result.media_type,
+        started.elapsed().as_secs_f64(),
+        human_bytes(result.uploaded),
+    );
+    println!("{}", result.digest);
+    if let Some(path) = &args.digest_file {
+        std::fs::write(path, format!("{}\n", result.digest)).with_context(|| format!("{}: cannot write digest", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(e: &Event, verbose: bool) {
+    match e {
+        Event::Image { platform, layers } => eprintln!("reading {platform}: {layers} layer{}", if *layers == 1 { "" } else { "s" }),
+        Event::Layer { digest, size } if verbose => eprintln!("  read layer {} ({})", short(digest), human_bytes(*size)),
+        Event::Signed { path } if verbose => eprintln!("  signed {path}"),
+        Event::Blob { digest, how, size } if verbose => eprintln!("  blob {} {how} ({})", short(digest), human_bytes(*size)),
+        Event::Manifest { digest, tag } => match tag {
+            Some(t) => eprintln!("pushed manifest {} as {t}", short(digest)),
+            None => eprintln!("pushed manifest {}", short(digest)),
+        },
+        _ => {}
+    }
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}

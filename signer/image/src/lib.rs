@@ -1,0 +1,28 @@
+//! Sign the kernel modules inside container images.
+//!
+//! The image is read layer by layer as a stream; the files to sign are resolved through the layer
+//! stack as a container runtime would (last layer wins, whiteouts, opaque directories, links inside
+//! the image root), signed in-process, and written into one new deterministic layer. Only that layer,
+//! a new config and the manifest (and index) are pushed; the original layers are reused by digest.
+
+#![warn(missing_docs)]
+
+mod auth;
+mod digest;
+mod error;
+mod layer_append;
+mod layout;
+mod manifest;
+mod pipeline;
+mod reference;
+mod registry;
+mod select;
+mod store;
+mod tree;
+
+pub use auth::DockerConfig;
+pub use error::{Error, Result};
+pub use pipeline::{sign_image, Event, SignImage, SignedImage};
+pub use reference::ImageRef;
+pub use registry::{RegistryOptions, RegistryTls};
+pub use select::Selection;

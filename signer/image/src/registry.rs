@@ -1,0 +1,231 @@
+//! Registry access through `oci-client`: credentials, TLS per registry, retries with backoff.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use tokio::io::AsyncRead;
+
+use crate::auth::DockerConfig;
+use crate::error::Error;
+use crate::manifest::ACCEPTED;
+
+/// TLS settings for one registry (KMM's `registryTLS`).
+#[derive(Debug, Clone, Default)]
+pub struct RegistryTls {
+    /// Plain HTTP (`registryTLS.insecure`).
+    pub insecure: bool,
+    /// HTTPS without certificate verification (`registryTLS.insecureSkipTLSVerify`).
+    pub skip_verify: bool,
+    /// Extra CA certificates (PEM) to trust.
+    pub ca_pem: Vec<Vec<u8>>,
+}
+
+/// How to reach registries: credentials, TLS per host, timeouts and retries.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Credentials by registry host.
+    pub credentials: DockerConfig,
+    /// TLS settings for every registry not listed in `per_registry`.
+    pub tls: RegistryTls,
+    /// TLS settings by registry host.
+    pub per_registry: HashMap<String, RegistryTls>,
+    /// Timeout for connecting and for each read.
+    pub timeout: Duration,
+    /// Attempts per request on 5xx answers and connection failures.
+    pub attempts: u32,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            credentials: DockerConfig::default(),
+            tls: RegistryTls::default(),
+            per_registry: HashMap::new(),
+            timeout: Duration::from_secs(60),
+            attempts: 4,
+        }
+    }
+}
+
+impl RegistryOptions {
+    /// Adds a CA bundle (PEM file) trusted for every registry.
+    pub fn add_ca_file(&mut self, path: &Path) -> Result<(), Error> {
+        let pem = std::fs::read(path).map_err(Error::io(path, "read CA bundle"))?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(Error::AuthFile { path: path.into(), reason: "not a PEM certificate bundle".into() });
+        }
+        self.tls.ca_pem.push(pem);
+        Ok(())
+    }
+
+    fn tls_for(&self, host: &str) -> &RegistryTls {
+        self.per_registry.get(host).unwrap_or(&self.tls)
+    }
+}
+
+/// One repository on one registry, with a client configured for that registry.
+pub(crate) struct RegistryRepo {
+    client: Client,
+    auth: RegistryAuth,
+    registry: String,
+    repository: String,
+    attempts: u32,
+}
+
+impl RegistryRepo {
+    pub async fn connect(reference: &Reference, opts: &RegistryOptions) -> Result<Self, Error> {
+        let registry = reference.resolve_registry().to_string();
+        let tls = opts.tls_for(reference.registry());
+        let config = ClientConfig {
+            protocol: if tls.insecure { ClientProtocol::Http } else { ClientProtocol::Https },
+            accept_invalid_certificates: tls.skip_verify,
+            extra_root_certificates: tls.ca_pem.iter().map(|data| Certificate { encoding: CertificateEncoding::Pem, data: data.clone() }).collect(),
+            read_timeout: Some(opts.timeout),
+            connect_timeout: Some(opts.timeout.min(Duration::from_secs(30))),
+            ..Default::default()
+        };
+        let client = Client::new(config);
+        let auth = opts.credentials.auth_for(reference.registry());
+        client.store_auth_if_needed(&registry, &auth).await;
+        Ok(RegistryRepo { client, auth, registry, repository: reference.repository().to_string(), attempts: opts.attempts.max(1) })
+    }
+
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    fn at(&self, reference: &str) -> Reference {
+        if reference.starts_with("sha256:") {
+            Reference::with_digest(self.registry.clone(), self.repository.clone(), reference.to_string())
+        } else {
+            Reference::with_tag(self.registry.clone(), self.repository.clone(), reference.to_string())
+        }
+    }
+
+    /// Runs `op`, retrying with backoff on server errors and connection failures.
+    async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, OciDistributionError>>,
+    {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < self.attempts && retryable(&e) => {
+                    tracing::warn!(registry = %self.registry, %what, attempt, error = %e, "retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.error(what, e)),
+            }
+        }
+    }
+
+    fn error(&self, what: &str, e: OciDistributionError) -> Error {
+        match e {
+            OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
+                Error::Auth { registry: self.registry.clone(), what: what.to_string(), cause: e.to_string() }
+            }
+            OciDistributionError::RequestError(ref r) if r.is_connect() || r.is_timeout() => Error::Registry {
+                registry: self.registry.clone(),
+                what: what.to_string(),
+                cause: format!("unreachable ({}); check the address, and --insecure for plain-HTTP registries", chain(r)),
+            },
+            other => Error::Registry { registry: self.registry.clone(), what: what.to_string(), cause: other.to_string() },
+        }
+    }
+
+    /// The raw manifest or index at a tag or digest, with its digest.
+    pub async fn manifest(&self, reference: &str) -> Result<(Bytes, String), Error> {
+        let r = self.at(reference);
+        self.retry(&format!("pull manifest {}", r.whole()), || self.client.pull_manifest_raw(&r, &self.auth, &ACCEPTED)).await
+    }
+
+    /// A blob as a byte stream.
+    pub async fn blob(&self, digest: &str) -> Result<impl AsyncRead + Send + Unpin + 'static, Error> {
+        let r = self.at(digest);
+        let what = format!("pull blob {digest} from {}", self.repository);
+        let stream = self.retry(&what, || self.client.pull_blob_stream(&r, digest)).await?;
+        Ok(tokio_util::io::StreamReader::new(stream.stream.map_err(std::io::Error::other)))
+    }
+
+    pub async fn has_blob(&self, digest: &str) -> Result<bool, Error> {
+        let r = self.at(digest);
+        self.retry(&format!("check blob {digest} in {}", self.repository), || self.client.blob_exists(&r, digest)).await
+    }
+
+    /// Asks the registry to mount a blob from another repository; `false` if it would not.
+    pub async fn mount(&self, digest: &str, from_repository: &str) -> bool {
+        let target = self.at(digest);
+        let source = Reference::with_digest(self.registry.clone(), from_repository.to_string(), digest.to_string());
+        match self.client.mount_blob(&target, &source, digest).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(registry = %self.registry, %digest, error = %e, "mount refused; uploading instead");
+                false
+            }
+        }
+    }
+
+    /// Uploads a blob from a file.
+    pub async fn push_blob_file(&self, path: &Path, digest: &str, size: u64) -> Result<(), Error> {
+        let r = self.at(digest);
+        let what = format!("push blob {digest} to {}", self.repository);
+        self.retry(&what, || async {
+            let file = tokio::fs::File::open(path).await?;
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map_err(OciDistributionError::from);
+            self.client.push_blob_stream(&r, stream, digest, Some(size)).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Uploads a small blob from memory.
+    pub async fn push_blob_bytes(&self, bytes: &Bytes, digest: &str) -> Result<(), Error> {
+        let r = self.at(digest);
+        self.retry(&format!("push blob {digest} to {}", self.repository), || self.client.push_blob(&r, bytes.clone(), digest)).await?;
+        Ok(())
+    }
+
+    /// Uploads a manifest or index at a tag or digest.
+    pub async fn push_manifest(&self, bytes: &Bytes, media_type: &str, reference: &str) -> Result<(), Error> {
+        let r = self.at(reference);
+        let content_type: http::HeaderValue = media_type.parse().map_err(|_| Error::Malformed { image: r.whole(), what: "manifest", reason: format!("media type {media_type:?} is not a valid header") })?;
+        self.retry(&format!("push manifest {}", r.whole()), || self.client.push_manifest_raw(&r, bytes.clone(), content_type.clone())).await?;
+        Ok(())
+    }
+}
+
+fn retryable(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RequestError(r) => r.is_connect() || r.is_timeout() || r.is_request(),
+        OciDistributionError::IoError(_) => true,
+        _ => false,
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
+}
