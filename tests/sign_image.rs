@@ -191,7 +191,7 @@ fn tls_registry_with_basic_auth_and_a_wrong_password_pushes_nothing() {
     let from = format!("{}/mods/src:v1", reg.host());
 
     let bad = reg.auth_file("builder", "wrong");
-    let out = fails(fx.sign_image(&from, &format!("{}/mods/signed:v1", reg.host())).arg("--ca").arg(&ca).arg("--auth-file").arg(&bad));
+    let out = fails(fx.sign_image(&from, &format!("{}/mods/signed:v1", reg.host())).arg("--registry-ca").arg(&ca).arg("--auth-file").arg(&bad));
     assert!(out.contains("authentication failed") || out.contains("401") || out.contains("nauthorized"), "{out}");
     assert!(reg.tags("mods/signed").is_empty(), "nothing pushed");
 
@@ -199,7 +199,7 @@ fn tls_registry_with_basic_auth_and_a_wrong_password_pushes_nothing() {
     assert!(out.contains(&reg.host().to_string()), "an untrusted certificate names the registry: {out}");
 
     let good = reg.auth_file("builder", "s3cret:pw");
-    let out = output(fx.sign_image(&from, &format!("{}/mods/signed:v1", reg.host())).arg("--ca").arg(&ca).arg("--auth-file").arg(&good));
+    let out = output(fx.sign_image(&from, &format!("{}/mods/signed:v1", reg.host())).arg("--registry-ca").arg(&ca).arg("--auth-file").arg(&good));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let pulled = fx.p("pulled");
     registry::skopeo_copy(&format!("docker://{}/mods/signed:v1", reg.host()), &format!("oci:{}:v1", pulled.display()), &reg.skopeo_src_flags());

@@ -2,6 +2,7 @@
 
 mod commands;
 mod progress;
+mod remote;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the signing API (gRPC) on loopback, or as configured.
+    Serve(commands::serve::Args),
     /// Generate a module-signing key and self-signed certificate (ready for `mokutil --import`).
     Keygen(commands::keygen::Args),
     /// Sign kernel modules in place or into another directory, byte-compatible with sign-file.
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => commands::serve::run(args),
         Command::Keygen(args) => commands::keygen::run(args),
         Command::Sign(args) => commands::sign::run(args),
         Command::SignImage(args) => commands::sign_image::run(args),

@@ -147,6 +147,9 @@ fn walk(root: &Path, c: &mut Collected, push: &mut impl FnMut(&mut Collected, Pa
     }
 }
 
+/// A signing backend: the job and its file's bytes in, the signed module out.
+pub type SignFn<'a> = dyn Fn(&Job, Vec<u8>) -> Result<Signed, Error> + Sync + 'a;
+
 /// Signs every job in parallel. `on_done` is called once per job as it finishes.
 pub fn sign_jobs(
     signer: &Signer,
@@ -154,10 +157,21 @@ pub fn sign_jobs(
     opts: &BatchOptions,
     on_done: &(dyn Fn(&Job, bool) + Sync),
 ) -> Vec<Result<Outcome, Error>> {
+    sign_jobs_with(jobs, opts, on_done, &|_, bytes| signer.sign(bytes))
+}
+
+/// Like [`sign_jobs`], with signing done by `sign` (for example by a remote signing service):
+/// files are read, handed to `sign`, and the results written back atomically.
+pub fn sign_jobs_with(
+    jobs: &[Job],
+    opts: &BatchOptions,
+    on_done: &(dyn Fn(&Job, bool) + Sync),
+    sign: &SignFn<'_>,
+) -> Vec<Result<Outcome, Error>> {
     let staging = Staging::for_jobs(jobs);
     jobs.par_iter()
         .map(|job| {
-            let result = sign_one(signer, job, opts, staging.slots(&job.tree));
+            let result = sign_one(job, opts, staging.slots(&job.tree), sign);
             on_done(job, result.is_ok());
             result
         })
@@ -249,13 +263,13 @@ impl Slots {
     }
 }
 
-fn sign_one(signer: &Signer, job: &Job, opts: &BatchOptions, slots: Option<&Slots>) -> Result<Outcome, Error> {
+fn sign_one(job: &Job, opts: &BatchOptions, slots: Option<&Slots>, sign: &SignFn<'_>) -> Result<Outcome, Error> {
     let mut file = fs::File::open(&job.src).map_err(Error::io(&job.src, "read"))?;
     let meta = file.metadata().map_err(Error::io(&job.src, "stat"))?;
     let mut input = Vec::with_capacity(meta.len() as usize + 4096);
     file.read_to_end(&mut input).map_err(Error::io(&job.src, "read"))?;
     drop(file);
-    let Signed { bytes, info, replaced, .. } = signer.sign(input).map_err(|e| e.at(&job.src))?;
+    let Signed { bytes, info, replaced, .. } = sign(job, input).map_err(|e| e.at(&job.src))?;
     let replaced_in_staging = match slots {
         Some(slots) => slots.replace(&job.dst, &bytes, &meta, opts.fsync)?,
         None => false,

@@ -104,6 +104,14 @@ pub enum Error {
         /// The shared output path.
         dst: PathBuf,
     },
+    /// A remote signing service refused or failed to sign.
+    #[error("signing service: {message} ({code})")]
+    Service {
+        /// The gRPC status code name.
+        code: String,
+        /// What the service said.
+        message: String,
+    },
     /// An error about one file: the path, then what went wrong with it.
     #[error("{}: {error}", path.display())]
     At {

@@ -18,7 +18,7 @@ mod sign;
 pub mod trailer;
 mod verify;
 
-pub use batch::{collect, sign_jobs, BatchOptions, Collected, Job, Outcome};
+pub use batch::{collect, sign_jobs, sign_jobs_with, BatchOptions, Collected, Job, Outcome, SignFn};
 pub use compress::Compression;
 pub use error::{Error, KeyError, NotModule, Result};
 pub use hash::HashAlgorithm;

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod keygen;
+pub mod serve;
 pub mod sign;
 pub mod sign_image;
 pub mod verify;

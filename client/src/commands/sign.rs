@@ -5,19 +5,20 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use kforge_signer::{collect, sign_jobs, BatchOptions, HashAlgorithm, Signer, SignerIdentifier, SigningKey};
+use kforge_signer::{collect, sign_jobs, sign_jobs_with, BatchOptions, Compression, HashAlgorithm, Job, ModuleInfo, Signed, Signer, SignerIdentifier, SigningKey};
 
 use super::{human_bytes, passphrase};
+use crate::remote::{self, RemoteArgs};
 
 /// Arguments of `kforge sign`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// RSA private key, PEM (KMM's `key`); encrypted keys take their passphrase from KBUILD_SIGN_PIN.
-    #[arg(long)]
-    key: PathBuf,
+    #[arg(long, required_unless_present = "remote")]
+    key: Option<PathBuf>,
     /// Certificate, DER or PEM (KMM's `cert`).
-    #[arg(long)]
-    cert: PathBuf,
+    #[arg(long, required_unless_present = "remote")]
+    cert: Option<PathBuf>,
     /// Digest: sha256, sha384, sha512, sha224 or sha1 (deprecated).
     #[arg(long, default_value = "sha256")]
     hash: String,
@@ -36,28 +37,59 @@ pub struct Args {
     /// Worker threads (default: one per core).
     #[arg(long, short = 'j')]
     jobs: Option<usize>,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Module files (.ko, .ko.xz, .ko.zst, .ko.gz) and directories to sign recursively.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
 }
 
-/// Loads the key (refusing a mismatch before any module is touched), then signs everything.
+/// Loads the key (refusing a mismatch before any module is touched), then signs everything;
+/// with `--remote`, the signing service signs and the files are written here.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let hash: HashAlgorithm = args.hash.parse()?;
     if hash.is_deprecated() {
         tracing::warn!("{hash} is deprecated for module signatures; prefer sha256 or stronger");
     }
-    let pass = passphrase(args.passphrase_file.as_deref())?;
-    let key = SigningKey::load(&args.key, &args.cert, pass.as_deref())?;
-    let id = if args.key_id { SignerIdentifier::KeyId } else { SignerIdentifier::IssuerSerial };
-    let signer = Signer::new(key, hash, id)?;
     let opts = BatchOptions { out_dir: args.out.clone(), fsync: args.fsync };
-
     let started = Instant::now();
     let collected = collect(&args.paths, &opts);
-    let pool = rayon_pool(args.jobs)?;
     let bar = crate::progress::bar(collected.jobs.len() as u64, "signing");
-    let results = pool.install(|| sign_jobs(&signer, &collected.jobs, &opts, &|_, _| bar.inc(1)));
+    let on_done = |_: &Job, _: bool| bar.inc(1);
+
+    let (results, with) = if args.remote.remote.is_some() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+        let (client, key_name) = runtime.block_on(async {
+            let mut client = remote::connect(&args.remote).await?;
+            let key = remote::pick_key(&mut client, args.remote.key_name.as_deref()).await?;
+            anyhow::Ok((client, key))
+        })?;
+        let handle = runtime.handle().clone();
+        let key_id = args.key_id;
+        let sign = |job: &Job, bytes: Vec<u8>| {
+            let compression = Compression::detect(&bytes);
+            let id = job.src.display().to_string();
+            let r = handle.block_on(remote::sign_module(&client, &id, &key_name, hash.name(), key_id, bytes))?;
+            Ok(Signed { bytes: r.bytes, info: ModuleInfo { name: r.module_name, vermagic: r.vermagic, fields: vec![] }, replaced: 0, compression })
+        };
+        // Remote signing waits on the network more than on the CPU: more workers by default.
+        let pool = rayon_pool(Some(args.jobs.unwrap_or(8)))?;
+        let results = pool.install(|| sign_jobs_with(&collected.jobs, &opts, &on_done, &sign));
+        let url = args.remote.remote.clone().unwrap_or_default();
+        (results, format!("key {key_name:?} on {url} ({hash})"))
+    } else {
+        let (Some(key), Some(cert)) = (&args.key, &args.cert) else {
+            anyhow::bail!("--key and --cert are required (or sign on a service with --remote)");
+        };
+        let pass = passphrase(args.passphrase_file.as_deref())?;
+        let key = SigningKey::load(key, cert, pass.as_deref())?;
+        let id = if args.key_id { SignerIdentifier::KeyId } else { SignerIdentifier::IssuerSerial };
+        let signer = Signer::new(key, hash, id)?;
+        let pool = rayon_pool(args.jobs)?;
+        let results = pool.install(|| sign_jobs(&signer, &collected.jobs, &opts, &on_done));
+        let with = format!("{} RSA-{}/{hash}", signer.key().certificate().subject(), signer.key().bits());
+        (results, with)
+    };
     bar.finish_and_clear();
 
     let mut failures: Vec<String> = collected.errors.iter().map(ToString::to_string).collect();
@@ -75,13 +107,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for f in &failures {
         eprintln!("error: {f}");
     }
-    let cert = signer.key().certificate();
     println!(
-        "signed {signed} module{} ({}, {replaced} re-signed) with {} RSA-{}/{hash} in {:.2}s; {} failed",
+        "signed {signed} module{} ({}, {replaced} re-signed) with {with} in {:.2}s; {} failed",
         if signed == 1 { "" } else { "s" },
         human_bytes(bytes),
-        cert.subject(),
-        signer.key().bits(),
         started.elapsed().as_secs_f64(),
         failures.len(),
     );

@@ -11,16 +11,17 @@ use kforge_image::{sign_image, DockerConfig, Event, ImageRef, RegistryOptions, S
 use kforge_signer::{HashAlgorithm, Signer, SignerIdentifier, SigningKey};
 
 use super::{human_bytes, passphrase};
+use crate::remote::{self, RemoteArgs};
 
 /// Arguments of `kforge sign-image`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// RSA private key, PEM (KMM's `key`); encrypted keys take their passphrase from KBUILD_SIGN_PIN.
-    #[arg(long)]
-    key: PathBuf,
+    #[arg(long, required_unless_present = "remote")]
+    key: Option<PathBuf>,
     /// Certificate, DER or PEM (KMM's `cert`).
-    #[arg(long)]
-    cert: PathBuf,
+    #[arg(long, required_unless_present = "remote")]
+    cert: Option<PathBuf>,
     /// Image to sign: registry/repo:tag, registry/repo@sha256:…, or oci:DIR[:tag].
     #[arg(long)]
     from: String,
@@ -46,7 +47,7 @@ pub struct Args {
     auth_file: Option<PathBuf>,
     /// Extra CA certificates (PEM) to trust for the registries.
     #[arg(long)]
-    ca: Vec<PathBuf>,
+    registry_ca: Vec<PathBuf>,
     /// Talk plain HTTP to the registries (KMM's registryTLS.insecure).
     #[arg(long)]
     insecure: bool,
@@ -62,6 +63,8 @@ pub struct Args {
     /// Directory for temporary files (layers being copied, the new layer).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 /// Loads the key, signs the image and prints the pushed digest.
@@ -72,8 +75,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let from: ImageRef = args.from.parse()?;
     let to: ImageRef = args.to.parse()?;
+    if args.remote.remote.is_some() {
+        return run_remote(&args);
+    }
+    let (Some(key), Some(cert)) = (&args.key, &args.cert) else {
+        anyhow::bail!("--key and --cert are required (or sign on a service with --remote)");
+    };
     let pass = passphrase(args.passphrase_file.as_deref())?;
-    let key = SigningKey::load(&args.key, &args.cert, pass.as_deref())?;
+    let key = SigningKey::load(key, cert, pass.as_deref())?;
     let id = if args.key_id { SignerIdentifier::KeyId } else { SignerIdentifier::IssuerSerial };
     let signer = Arc::new(Signer::new(key, hash, id)?);
 
@@ -87,11 +96,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     registries.tls.insecure = args.insecure;
     registries.tls.skip_verify = args.insecure_skip_tls_verify;
-    for ca in &args.ca {
+    for ca in &args.registry_ca {
         registries.add_ca_file(ca)?;
     }
     let selection = if args.files.is_empty() { Selection::Default } else { Selection::Files(args.files.clone()) };
-    let req = SignImage { from, to: to.clone(), selection, signer, registries, work_dir: args.work_dir.clone() };
+    let req = SignImage { from, to: to.clone(), selection, signer, registries, work_dir: args.work_dir.clone(), audit: None };
 
     let verbose = std::io::stderr().is_terminal() || std::env::var_os("KFORGE_PROGRESS").is_some();
     let events: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e| report(&e, verbose));
@@ -110,6 +119,48 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("{}", result.digest);
     if let Some(path) = &args.digest_file {
         std::fs::write(path, format!("{}\n", result.digest)).with_context(|| format!("{}: cannot write digest", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the signing service to sign and push the image, printing its progress.
+fn run_remote(args: &Args) -> anyhow::Result<ExitCode> {
+    use kforge_proto::signer::v1::{sign_image_event::Event as E, SignImageRequest};
+    let docker_config_json = match &args.auth_file {
+        Some(f) => std::fs::read(f).with_context(|| format!("{}: cannot read credentials", f.display()))?,
+        None => Vec::new(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let started = Instant::now();
+    let done = runtime.block_on(async {
+        let mut client = remote::connect(&args.remote).await?;
+        let key = remote::pick_key(&mut client, args.remote.key_name.as_deref()).await?;
+        let req = SignImageRequest {
+            from: args.from.clone(),
+            to: args.to.clone(),
+            key,
+            hash: args.hash.clone(),
+            files: args.files.clone(),
+            docker_config_json,
+            insecure: args.insecure,
+            insecure_skip_tls_verify: args.insecure_skip_tls_verify,
+            key_id: args.key_id,
+        };
+        let mut stream = client.sign_image(req).await.map_err(remote::status_error)?.into_inner();
+        while let Some(ev) = stream.message().await.map_err(remote::status_error)? {
+            match ev.event {
+                Some(E::Progress(p)) => eprintln!("{p}"),
+                Some(E::Signed(path)) => eprintln!("  signed {path}"),
+                Some(E::Done(d)) => return Ok(d),
+                None => {}
+            }
+        }
+        anyhow::bail!("the signing service ended the stream without a result")
+    })?;
+    eprintln!("signed {} files and pushed {} in {:.1}s, {} uploaded", done.files.len(), args.to, started.elapsed().as_secs_f64(), human_bytes(done.uploaded));
+    println!("{}", done.digest);
+    if let Some(path) = &args.digest_file {
+        std::fs::write(path, format!("{}\n", done.digest)).with_context(|| format!("{}: cannot write digest", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

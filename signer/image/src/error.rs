@@ -132,6 +132,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The audit hook refused a signature.
+    #[error("{path}: the signature could not be recorded in the audit log: {reason}")]
+    Audit {
+        /// The file in the image.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),

@@ -22,7 +22,7 @@ mod tree;
 
 pub use auth::DockerConfig;
 pub use error::{Error, Result};
-pub use pipeline::{sign_image, Event, SignImage, SignedImage};
+pub use pipeline::{sign_image, AuditHook, Event, SignImage, SignedFile, SignedImage};
 pub use reference::ImageRef;
 pub use registry::{RegistryOptions, RegistryTls};
 pub use select::Selection;

@@ -40,7 +40,29 @@ pub struct SignImage {
     pub registries: RegistryOptions,
     /// Where to keep temporary files (default: the system temp directory).
     pub work_dir: Option<PathBuf>,
+    /// Called for every file signed, before anything is pushed; an error aborts the request.
+    pub audit: Option<AuditHook>,
 }
+
+/// What the audit hook learns about each signed file.
+#[derive(Debug, Clone)]
+pub struct SignedFile {
+    /// The image (and platform) it belongs to.
+    pub image: String,
+    /// Path in the image.
+    pub path: String,
+    /// `.modinfo` name.
+    pub module_name: String,
+    /// `.modinfo` vermagic.
+    pub vermagic: String,
+    /// sha256 of the file before signing, hex.
+    pub sha256_in: String,
+    /// sha256 of the signed file, hex.
+    pub sha256_out: String,
+}
+
+/// Records a signature durably; an error fails the whole request.
+pub type AuditHook = Arc<dyn Fn(&SignedFile) -> Result<(), String> + Send + Sync>;
 
 /// Progress reported while signing an image.
 #[derive(Debug, Clone)]
@@ -247,7 +269,8 @@ async fn prepare(req: &SignImage, src: &Store, dst: &Store, doc: &Doc, name: &st
     let image = name.to_string();
     let spool_dir = spool.path().to_path_buf();
     let ev = events.clone();
-    let mut entries = tokio::task::spawn_blocking(move || sign_selected(&signer, &selected, &spool_dir, &image, &ev)).await??;
+    let audit = req.audit.clone();
+    let mut entries = tokio::task::spawn_blocking(move || sign_selected(&signer, &selected, &spool_dir, &image, &ev, audit.as_ref())).await??;
     let signed: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
     let layer_dir = work.to_path_buf();
     let layer = tokio::task::spawn_blocking(move || layer_append::build(&mut entries, &layer_dir)).await??;
@@ -298,29 +321,35 @@ fn new_config(config: &[u8], layer: &NewLayer, files: usize, subject: &str, hash
 /// Puts every blob of a prepared image at the destination: present ones are skipped, others mounted
 /// from the source repository where the registry allows, the rest uploaded; config last.
 async fn push_blobs(src: &Store, dst: &Store, p: &Prepared, events: &Events) -> Result<u64, Error> {
-    let uploads = p.copies.iter().map(|(d, tee)| async move {
-        let Some(file) = tee else {
-            events(Event::Blob { digest: d.digest.clone(), how: "present", size: d.size });
-            return Ok::<u64, Error>(0);
-        };
-        if dst.has_blob(&d.digest).await? {
-            events(Event::Blob { digest: d.digest.clone(), how: "present", size: d.size });
-            return Ok(0);
-        }
-        if dst.mount_from(src, &d.digest).await {
-            events(Event::Blob { digest: d.digest.clone(), how: "mounted", size: d.size });
-            return Ok(0);
-        }
-        dst.put_blob_file(file.path(), &d.digest, d.size).await?;
-        events(Event::Blob { digest: d.digest.clone(), how: "uploaded", size: d.size });
-        Ok(d.size)
-    });
+    let mut uploads = Vec::with_capacity(p.copies.len());
+    for (d, tee) in &p.copies {
+        uploads.push(copy_blob(src, dst, d, tee.as_ref(), events));
+    }
     let copied: Vec<u64> = stream::iter(uploads).buffer_unordered(UPLOADS).try_collect().await?;
     dst.put_blob_file(p.layer.file.path(), &p.layer.digest, p.layer.size).await?;
     events(Event::Blob { digest: p.layer.digest.clone(), how: "uploaded", size: p.layer.size });
     let config_digest = crate::digest::of(&p.config);
     dst.put_blob_bytes(&p.config, &config_digest).await?;
     Ok(copied.iter().sum::<u64>() + p.layer.size + p.config.len() as u64)
+}
+
+/// Puts one original layer at the destination: present, mounted, or uploaded from its copy.
+async fn copy_blob(src: &Store, dst: &Store, d: &Descriptor, copy: Option<&tempfile::NamedTempFile>, events: &Events) -> Result<u64, Error> {
+    let Some(file) = copy else {
+        events(Event::Blob { digest: d.digest.clone(), how: "present", size: d.size });
+        return Ok(0);
+    };
+    if dst.has_blob(&d.digest).await? {
+        events(Event::Blob { digest: d.digest.clone(), how: "present", size: d.size });
+        return Ok(0);
+    }
+    if dst.mount_from(src, &d.digest).await {
+        events(Event::Blob { digest: d.digest.clone(), how: "mounted", size: d.size });
+        return Ok(0);
+    }
+    dst.put_blob_file(file.path(), &d.digest, d.size).await?;
+    events(Event::Blob { digest: d.digest.clone(), how: "uploaded", size: d.size });
+    Ok(d.size)
 }
 
 struct LayerCtx {
@@ -457,7 +486,7 @@ fn read_layer(reader: impl Read, tee: Option<File>, ctx: &LayerCtx, mut tree: Tr
 }
 
 /// Signs the selected files (in parallel), writing signed copies into the spool directory.
-fn sign_selected(signer: &Signer, selected: &[crate::select::Selected], spool: &Path, image: &str, events: &Events) -> Result<Vec<Entry>, Error> {
+fn sign_selected(signer: &Signer, selected: &[crate::select::Selected], spool: &Path, image: &str, events: &Events, audit: Option<&AuditHook>) -> Result<Vec<Entry>, Error> {
     selected
         .par_iter()
         .enumerate()
@@ -467,7 +496,19 @@ fn sign_selected(signer: &Signer, selected: &[crate::select::Selected], spool: &
             };
             let src = spool.join(id.to_string());
             let bytes = std::fs::read(&src).map_err(Error::io(&src, "read spooled file"))?;
+            let sha256_in = audit.map(|_| crate::digest::of(&bytes));
             let signed = signer.sign(bytes).map_err(|error| Error::Sign { image: image.into(), path: s.path.clone(), error: Box::new(error) })?;
+            if let (Some(hook), Some(sha256_in)) = (audit, sha256_in) {
+                let record = SignedFile {
+                    image: image.to_string(),
+                    path: s.path.clone(),
+                    module_name: signed.info.name.clone(),
+                    vermagic: signed.info.vermagic.clone(),
+                    sha256_in: sha256_in.trim_start_matches("sha256:").to_string(),
+                    sha256_out: crate::digest::of(&signed.bytes).trim_start_matches("sha256:").to_string(),
+                };
+                hook(&record).map_err(|reason| Error::Audit { path: s.path.clone(), reason })?;
+            }
             let out = spool.join(format!("signed-{i}"));
             std::fs::write(&out, &signed.bytes).map_err(Error::io(&out, "write signed file"))?;
             events(Event::Signed { path: s.path.clone() });

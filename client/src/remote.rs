@@ -1,0 +1,151 @@
+//! The typed client of `kforge.signer.v1.Signer`, used by `kforge sign --remote` and friends.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use kforge_proto::signer::v1 as pb;
+use kforge_proto::signer::v1::signer_client::SignerClient;
+use tokio::sync::mpsc;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// How to reach and authenticate to a signing service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteArgs {
+    /// Sign on a kforge signing service instead of locally (http://127.0.0.1:7600 or https://host:7600).
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
+    /// CA certificate (PEM) that the service's TLS certificate chains to.
+    #[arg(long, requires = "remote")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, requires_all = ["remote", "client_key"])]
+    pub client_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(long, requires_all = ["remote", "client_cert"])]
+    pub client_key: Option<PathBuf>,
+    /// File holding a bearer token.
+    #[arg(long, requires = "remote")]
+    pub token_file: Option<PathBuf>,
+    /// Name of the key on the service (default: the only key you may use).
+    #[arg(long, requires = "remote")]
+    pub key_name: Option<String>,
+}
+
+/// Adds `authorization: Bearer …` to every request when a token is configured.
+#[derive(Clone)]
+pub struct Token(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connected client.
+pub type Client = SignerClient<InterceptedService<Channel, Token>>;
+
+/// Connects to the service described by `args` (which must name `--remote`).
+pub async fn connect(args: &RemoteArgs) -> anyhow::Result<Client> {
+    let url = args.remote.clone().context("--remote URL is required")?;
+    let mut endpoint = Channel::from_shared(url.clone()).with_context(|| format!("invalid service URL {url:?}"))?;
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &args.ca {
+            let pem = std::fs::read(ca).with_context(|| format!("{}: cannot read CA certificate", ca.display()))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            let c = std::fs::read(cert).with_context(|| format!("{}: cannot read client certificate", cert.display()))?;
+            let k = std::fs::read(key).with_context(|| format!("{}: cannot read client key", key.display()))?;
+            tls = tls.identity(Identity::from_pem(c, k));
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
+    } else if args.client_cert.is_some() || args.ca.is_some() {
+        bail!("--ca and --client-cert need an https:// service URL");
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("cannot connect to the signing service at {url}"))?;
+    let token = match &args.token_file {
+        Some(f) => {
+            let t = std::fs::read_to_string(f).with_context(|| format!("{}: cannot read token", f.display()))?;
+            Some(format!("Bearer {}", t.trim()).parse().context("the token has characters not allowed in a header")?)
+        }
+        None => None,
+    };
+    Ok(SignerClient::with_interceptor(channel, Token(token)).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+}
+
+/// The key to use: the one named, or the only one the caller may use.
+pub async fn pick_key(client: &mut Client, named: Option<&str>) -> anyhow::Result<String> {
+    if let Some(n) = named {
+        return Ok(n.to_string());
+    }
+    let keys = client.list_keys(pb::ListKeysRequest {}).await.map_err(status_error)?.into_inner().keys;
+    match keys.as_slice() {
+        [one] => Ok(one.name.clone()),
+        [] => bail!("the signing service offers no key to you"),
+        many => bail!("the signing service offers several keys ({}); choose one with --key-name", many.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+/// What the service returned for one module.
+pub struct SignedRemote {
+    pub bytes: Vec<u8>,
+    pub module_name: String,
+    pub vermagic: String,
+}
+
+/// Signs one module over its own SignModules stream.
+pub async fn sign_module(client: &Client, id: &str, key: &str, hash: &str, key_id: bool, module: Vec<u8>) -> Result<SignedRemote, kforge_signer::Error> {
+    use pb::sign_modules_request::Part;
+    let (tx, rx) = mpsc::channel(4);
+    let start = pb::ModuleStart { id: id.to_string(), key: key.to_string(), hash: hash.to_string(), key_id, size: module.len() as u64 };
+    let mut client = client.clone();
+    let sender = tokio::spawn(async move {
+        let msg = |p| pb::SignModulesRequest { part: Some(p) };
+        if tx.send(msg(Part::Start(start))).await.is_err() {
+            return;
+        }
+        for chunk in module.chunks(1 << 20) {
+            if tx.send(msg(Part::Data(chunk.to_vec()))).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(msg(Part::End(pb::ModuleEnd { id: String::new() }))).await;
+    });
+    let service = |s: tonic::Status| kforge_signer::Error::Service { code: format!("{:?}", s.code()), message: s.message().to_string() };
+    let mut stream = client.sign_modules(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(service)?.into_inner();
+    let mut out = Vec::new();
+    let mut header = None;
+    while let Some(msg) = stream.message().await.map_err(service)? {
+        use pb::sign_modules_response::Part as R;
+        match msg.part {
+            Some(R::Signed(h)) => {
+                out.reserve(h.size as usize);
+                header = Some(h);
+            }
+            Some(R::Data(d)) => out.extend_from_slice(&d),
+            Some(R::End(_)) => break,
+            Some(R::Error(e)) => {
+                let code = format!("{:?}", tonic::Code::from(e.code));
+                return Err(kforge_signer::Error::Service { code, message: e.message });
+            }
+            None => {}
+        }
+    }
+    let _ = sender.await;
+    let h = header.ok_or_else(|| kforge_signer::Error::Service { code: "Internal".into(), message: "the service ended the stream without a signed module".into() })?;
+    if out.len() as u64 != h.size {
+        return Err(kforge_signer::Error::Service { code: "DataLoss".into(), message: format!("expected {} bytes, received {}", h.size, out.len()) });
+    }
+    Ok(SignedRemote { bytes: out, module_name: h.module_name, vermagic: h.vermagic })
+}
+
+/// Turns a status into an error that says what the service answered.
+pub fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("signing service: {} ({:?})", s.message(), s.code())
+}

@@ -1,0 +1,465 @@
+#!/usr/bin/env bash
+# Benchmark: signing the modules inside a container image, two ways, in one run.
+#
+#   A. kforge sign-image: pulls the unsigned image, signs every *.ko under
+#      /opt/lib/modules, pushes one new layer on top of the unsigned image.
+#   B. The KMM 1.x way: a Dockerfile build through the Docker engine's BuildKit
+#      (Debian's docker.io, 20.10 with BuildKit 0.8) that copies the modules out
+#      of the unsigned image, runs Debian's scripts/sign-file on each, copies the
+#      signed files back as a new layer on top of the unsigned image, then
+#      `docker push`.
+#
+# Both push to a throwaway local Distribution registry (Debian's docker-registry).
+# Then both signed images are pulled back with skopeo + umoci, the signed module
+# trees are compared byte for byte, and `kforge verify` checks kforge's.
+#
+# The corpus is every module of Debian's linux-image-<ABI>-amd64-unsigned with
+# Debian's signatures stripped, prepared exactly as tests/bench/sign-corpus.sh
+# does (and shared with it: the .deb and the pristine corpus are reused).
+#
+# Usage: tests/bench/sign-image.sh
+# Environment:
+#   BENCH_DIR   work dir (default target/bench/sign-image, relative to the repo root);
+#               keeps base.tar (the signer base image) and the unsigned OCI layout
+#   CORPUS_DIR  where the .deb and the pristine corpus live (default
+#               target/bench/sign-corpus, shared with sign-corpus.sh)
+#   KFORGE      kforge binary (default target/release/kforge; built if missing)
+#   BUILD       if set, rebuild kforge (cargo build --release --locked -p kforge) first
+#   KEEP        if set, keep the docker data root and the unpacked images (debugging)
+set -euo pipefail
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+run_start=$EPOCHREALTIME
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$repo"
+
+W=${BENCH_DIR:-target/bench/sign-image}
+mkdir -p "$W"
+W=$(cd "$W" && pwd)
+corpus_dir=${CORPUS_DIR:-target/bench/sign-corpus}
+mkdir -p "$corpus_dir"
+corpus_dir=$(cd "$corpus_dir" && pwd)
+KFORGE=${KFORGE:-target/release/kforge}
+jobs=$(nproc)
+# Debian's docker CLI (20.10), matching its engine; /usr/local/bin may hold another one.
+DOCKER=/usr/bin/docker
+
+# Seconds elapsed since a saved $EPOCHREALTIME.
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
+mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
+kb_mb() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
+
+# --- Tools (Debian packages) ---
+need_pkgs=()
+[[ -x /usr/sbin/dockerd && -x $DOCKER ]] || need_pkgs+=(docker.io)
+command -v mmdebstrap >/dev/null || need_pkgs+=(mmdebstrap)
+command -v umoci >/dev/null || need_pkgs+=(umoci)
+command -v skopeo >/dev/null || need_pkgs+=(skopeo)
+command -v docker-registry >/dev/null || need_pkgs+=(docker-registry)
+[[ -x /usr/bin/time ]] || need_pkgs+=(time)
+command -v jq >/dev/null || need_pkgs+=(jq)
+command -v curl >/dev/null || need_pkgs+=(curl)
+if ((${#need_pkgs[@]})); then
+    log "installing ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq "${need_pkgs[@]}" >/dev/null ||
+        { apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}" >/dev/null; }
+fi
+
+# --- 1. Resolve the current kernel ABI (as sign-corpus.sh does) ---
+deps=$(dpkg-query -W -f='${Depends}' linux-headers-amd64 2>/dev/null || true)
+if [[ -z $deps ]]; then
+    deps=$(apt-cache depends linux-headers-amd64 2>/dev/null || true)
+fi
+if [[ -z $deps ]]; then
+    apt-get update -qq
+    deps=$(apt-cache depends linux-headers-amd64)
+fi
+abi=$(grep -oE 'linux-headers-[0-9][^ ,()]*-amd64' <<<"$deps" | head -n1 | sed 's/^linux-headers-//')
+[[ -n $abi ]] || die "cannot resolve the kernel ABI from: $deps"
+pkg="linux-image-$abi-unsigned"
+kver=$(cut -d. -f1,2 <<<"$abi")
+log "kernel ABI $abi -> package $pkg, signer linux-kbuild-$kver"
+
+# --- kforge ---
+if [[ -n ${BUILD:-} || ! -x $KFORGE ]]; then
+    log "building kforge (release)"
+    cargo build --release --locked -p kforge
+fi
+[[ -x $KFORGE ]] || die "kforge binary not found at $KFORGE"
+KFORGE=$(realpath "$KFORGE")
+
+# --- 2. The pristine corpus (shared with sign-corpus.sh) ---
+deb=$(ls "$corpus_dir/${pkg}"_*.deb 2>/dev/null | head -n1 || true)
+if [[ -z $deb ]]; then
+    log "downloading $pkg"
+    (cd "$corpus_dir" && apt-get download "$pkg") ||
+        { log "download failed; running apt-get update"; apt-get update -qq; (cd "$corpus_dir" && apt-get download "$pkg"); }
+    deb=$(ls "$corpus_dir/${pkg}"_*.deb | head -n1)
+fi
+log "using $(basename "$deb")"
+pristine="$corpus_dir/pristine-$abi"
+stamp="$pristine.stamp"
+if [[ ! -f $stamp || $(cat "$stamp") != "$(basename "$deb")" ]]; then
+    log "extracting and stripping signatures into $pristine"
+    rm -rf "$pristine" "$stamp" "$corpus_dir/extract.tmp" "$corpus_dir/pristine.tmp"
+    dpkg-deb -x "$deb" "$corpus_dir/extract.tmp"
+    [[ -d $corpus_dir/extract.tmp/lib/modules/$abi ]] || die "no lib/modules/$abi in $deb"
+    mv "$corpus_dir/extract.tmp/lib/modules/$abi" "$corpus_dir/pristine.tmp"
+    rm -rf "$corpus_dir/extract.tmp"
+    find "$corpus_dir/pristine.tmp" -name '*.ko.xz' -exec xz -d {} +
+    find "$corpus_dir/pristine.tmp" -name '*.ko.zst' -exec zstd -q -d --rm {} +
+    find "$corpus_dir/pristine.tmp" -name '*.ko.gz' -exec gzip -d {} +
+    find "$corpus_dir/pristine.tmp" ! -type d ! -name '*.ko' -delete
+    python3 - "$corpus_dir/pristine.tmp" <<'EOF'
+# Remove every appended module signature: [CMS][12-byte struct, be32 sig_len last][magic].
+import os, struct, sys
+MAGIC = b"~Module signature appended~\n"
+stripped = unsigned = 0
+for root, _, files in os.walk(sys.argv[1]):
+    for name in files:
+        if not name.endswith(".ko"):
+            continue
+        path = os.path.join(root, name)
+        with open(path, "rb") as f:
+            data = f.read()
+        n = 0
+        while data.endswith(MAGIC):
+            (sig_len,) = struct.unpack(">I", data[-len(MAGIC) - 4:-len(MAGIC)])
+            cut = sig_len + 12 + len(MAGIC)
+            if cut > len(data):
+                sys.exit(f"{path}: sig_len {sig_len} larger than the file")
+            data = data[:-cut]
+            n += 1
+        if n:
+            stripped += 1
+            with open(path, "wb") as f:
+                f.write(data)
+        else:
+            unsigned += 1
+print(f"stripped signatures from {stripped} modules ({unsigned} were unsigned)", file=sys.stderr)
+EOF
+    mv "$corpus_dir/pristine.tmp" "$pristine"
+    basename "$deb" >"$stamp"
+fi
+modules=$(find "$pristine" -name '*.ko' | wc -l)
+corpus_bytes=$(find "$pristine" -name '*.ko' -printf '%s\n' | awk '{ s += $1 } END { print s }')
+((modules > 0)) || die "no modules in $pristine"
+log "corpus: $modules modules, $(mb "$corpus_bytes") MB"
+
+# --- Cleanup: services we started, and what is large; keep cached inputs ---
+reg_pid=
+dockerd_pid=
+sampler_pid=
+cleanup() {
+    set +e
+    [[ -n $sampler_pid ]] && kill "$sampler_pid" 2>/dev/null && wait "$sampler_pid" 2>/dev/null
+    if [[ -f $W/docker.pid ]]; then
+        dockerd_pid=$(cat "$W/docker.pid")
+    fi
+    if [[ -n $dockerd_pid ]] && kill -0 "$dockerd_pid" 2>/dev/null; then
+        kill "$dockerd_pid"
+        for _ in $(seq 60); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
+        kill -0 "$dockerd_pid" 2>/dev/null && kill -9 "$dockerd_pid"
+    fi
+    if [[ -n $reg_pid ]] && kill -0 "$reg_pid" 2>/dev/null; then
+        kill "$reg_pid"; wait "$reg_pid" 2>/dev/null
+    fi
+    if [[ -z ${KEEP:-} ]]; then
+        # Mounts left behind by an engine that died uncleanly.
+        findmnt -rn -o TARGET | grep -E "^$W/docker-(data|exec)" | sort -r | xargs -r -n1 umount -l
+        rm -rf "$W/docker-data" "$W/docker-exec" "$W/registry" "$W/pull" "$W/rf-kforge" "$W/rf-kmm" \
+            "$W/ctx" "$W/keys" "$W/unsigned-oci.tmp" "$W/bundle.tmp" "$W/kforge-tmp"
+    fi
+    rm -f "$W/docker.sock" "$W/docker.pid" "$W/sampling"
+}
+trap cleanup EXIT
+
+rm -rf "$W/docker-data" "$W/docker-exec" "$W/registry" "$W/pull" "$W/rf-kforge" "$W/rf-kmm" "$W/ctx" "$W/keys" \
+    "$W/kforge-tmp"
+mkdir -p "$W/keys" "$W/ctx" "$W/logs" "$W/kforge-tmp"
+
+# --- 3. Key and certificate (RSA-2048, PEM), used by both methods ---
+openssl req -new -nodes -x509 -newkey rsa:2048 -sha256 -days 36500 -subj '/CN=kforge bench' \
+    -keyout "$W/keys/key.pem" -out "$W/keys/cert.pem" 2>/dev/null
+key=$W/keys/key.pem
+cert=$W/keys/cert.pem
+
+# --- 4. Throwaway registry on a free loopback port ---
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+reg=127.0.0.1:$port
+cat >"$W/registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $W/registry
+  delete:
+    enabled: true
+http:
+  addr: $reg
+EOF
+docker-registry serve "$W/registry.yml" >"$W/logs/registry.log" 2>&1 &
+reg_pid=$!
+for _ in $(seq 100); do
+    curl -sf "http://$reg/v2/" >/dev/null && break
+    kill -0 "$reg_pid" 2>/dev/null || { cat "$W/logs/registry.log" >&2; die "registry exited"; }
+    sleep 0.1
+done
+curl -sf "http://$reg/v2/" >/dev/null || die "registry not answering on $reg"
+log "registry on $reg"
+blobs_dir=$W/registry/docker/registry/v2/blobs
+blob_bytes() { if [[ -d $blobs_dir ]]; then du -sb "$blobs_dir" | cut -f1; else echo 0; fi; }
+
+# --- 5. The unsigned image: one layer with the corpus under /opt/lib/modules/<ABI> (cached) ---
+oci=$W/unsigned-oci
+oci_stamp="$oci.stamp"
+if [[ ! -f $oci_stamp || $(cat "$oci_stamp") != "$(basename "$deb")" ]]; then
+    log "building the unsigned OCI layout with umoci"
+    rm -rf "$oci" "$oci_stamp" "$W/unsigned-oci.tmp" "$W/bundle.tmp"
+    umoci init --layout "$W/unsigned-oci.tmp"
+    umoci new --image "$W/unsigned-oci.tmp:unsigned"
+    umoci unpack --image "$W/unsigned-oci.tmp:unsigned" "$W/bundle.tmp" >/dev/null
+    mkdir -p "$W/bundle.tmp/rootfs/opt/lib/modules"
+    cp -a "$pristine" "$W/bundle.tmp/rootfs/opt/lib/modules/$abi"
+    umoci repack --image "$W/unsigned-oci.tmp:unsigned" "$W/bundle.tmp"
+    rm -rf "$W/bundle.tmp"
+    mv "$W/unsigned-oci.tmp" "$oci"
+    basename "$deb" >"$oci_stamp"
+fi
+log "pushing the unsigned image to $reg/bench/modules:unsigned"
+skopeo copy -q --dest-tls-verify=false "oci:$oci:unsigned" "docker://$reg/bench/modules:unsigned"
+unsigned_raw=$(skopeo inspect --raw --tls-verify=false "docker://$reg/bench/modules:unsigned")
+unsigned_layer=$(jq -r '.layers[0].digest' <<<"$unsigned_raw")
+unsigned_layer_size=$(jq -r '.layers[0].size' <<<"$unsigned_raw")
+log "unsigned image: $(jq '.layers | length' <<<"$unsigned_raw") layer, $unsigned_layer ($(mb "$unsigned_layer_size") MB compressed)"
+
+# --- 6. The signer base image (Debian bookworm + linux-kbuild-<kver>'s sign-file), cached ---
+base_tar=$W/base.tar
+if [[ ! -f $base_tar || $(cat "$base_tar.stamp" 2>/dev/null) != "linux-kbuild-$kver" ]]; then
+    log "building the signer base with mmdebstrap"
+    rm -f "$base_tar" "$base_tar.stamp" "$W/base.tmp.tar"
+    # The output name must end in .tar, or mmdebstrap writes a directory.
+    mmdebstrap --variant=minbase --include="linux-kbuild-$kver,libssl3,findutils" bookworm "$W/base.tmp.tar" \
+        "deb http://deb.debian.org/debian bookworm main" >"$W/logs/mmdebstrap.log" 2>&1 ||
+        { tail -20 "$W/logs/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
+    mv "$W/base.tmp.tar" "$base_tar"
+    echo "linux-kbuild-$kver" >"$base_tar.stamp"
+fi
+# (grep -q on a pipe would SIGPIPE tar under pipefail)
+grep -q "usr/lib/linux-kbuild-$kver/scripts/sign-file\$" < <(tar -tf "$base_tar") ||
+    die "$base_tar has no usr/lib/linux-kbuild-$kver/scripts/sign-file"
+
+# --- 7. Debian's Docker engine, private socket and dirs ---
+log "starting dockerd ($(/usr/sbin/dockerd --version))"
+/usr/sbin/dockerd --host "unix://$W/docker.sock" --data-root "$W/docker-data" --exec-root "$W/docker-exec" \
+    --pidfile "$W/docker.pid" --bridge=none --iptables=false --ip6tables=false >"$W/logs/dockerd.log" 2>&1 &
+dockerd_pid=$!
+dk() { "$DOCKER" -H "unix://$W/docker.sock" "$@"; }
+for _ in $(seq 120); do
+    dk info >/dev/null 2>&1 && break
+    kill -0 "$dockerd_pid" 2>/dev/null || { tail -30 "$W/logs/dockerd.log" >&2; die "dockerd exited"; }
+    sleep 0.5
+done
+dk info >/dev/null 2>&1 || { tail -30 "$W/logs/dockerd.log" >&2; die "dockerd did not come up"; }
+containerd_pid=$(pgrep -P "$dockerd_pid" -x containerd | head -n1 || true)
+log "dockerd pid $dockerd_pid, its containerd pid ${containerd_pid:-none}"
+log "importing the signer base as $reg/bench/signer-base:latest"
+dk import -q "$base_tar" "$reg/bench/signer-base:latest" >/dev/null
+
+# --- A. kforge sign-image ---
+sync
+log "A. kforge sign-image"
+before=$(blob_bytes)
+t0=$EPOCHREALTIME
+if ! KFORGE_PROGRESS=1 /usr/bin/time -f '%e %M' -o "$W/logs/kforge.time" \
+    "$KFORGE" sign-image --key "$key" --cert "$cert" \
+    --from "$reg/bench/modules:unsigned" --to "$reg/bench/modules:signed-kforge" --insecure \
+    --work-dir "$W/kforge-tmp" >"$W/logs/kforge.out" 2>"$W/logs/kforge.err"; then
+    printf -- '--- kforge stdout ---\n' >&2; cat "$W/logs/kforge.out" >&2
+    printf -- '--- kforge stderr (verbatim) ---\n' >&2; cat "$W/logs/kforge.err" >&2
+    die "kforge sign-image failed"
+fi
+t_kf=$(since "$t0")
+after=$(blob_bytes)
+up_kf=$((after - before))
+rss_kf=$(awk '{ print $2 }' "$W/logs/kforge.time")
+log "kforge: digest $(cat "$W/logs/kforge.out")"
+printf -- '--- kforge stderr (verbatim) ---\n' >&2
+cat "$W/logs/kforge.err" >&2
+printf -- '---\n' >&2
+
+# --- B. The KMM 1.x way: Dockerfile build through BuildKit + docker push ---
+cp "$key" "$cert" "$W/ctx/"
+cat >"$W/ctx/Dockerfile" <<EOF
+FROM $reg/bench/signer-base AS builder
+COPY --from=$reg/bench/modules:unsigned /opt/lib/modules /opt/lib/modules
+COPY key.pem cert.pem /keys/
+RUN find /opt/lib/modules -name '*.ko' -print0 | xargs -0 -n1 -P\$(nproc) /usr/lib/linux-kbuild-$kver/scripts/sign-file sha256 /keys/key.pem /keys/cert.pem
+
+FROM $reg/bench/modules:unsigned
+COPY --from=builder /opt/lib/modules /opt/lib/modules
+EOF
+
+vm() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+# Sum of VmRSS (kB) over a process and all its descendants.
+tree_rss() {
+    ps -e -o pid=,ppid=,rss= | awk -v root="$1" '
+        { par[$1] = $2; rss[$1] = $3 }
+        END {
+            for (p in par) {
+                q = p; n = 0
+                while (q != root && q > 1 && n < 64) { q = par[q]; n++ }
+                if (q == root) s += rss[p]
+            }
+            print s + 0
+        }'
+}
+# Sample the engine's process tree (dockerd, containerd, runc, the RUN step's
+# processes) every 0.2 s; remember the peak and the memory cgroup of a sign-file.
+sampler() {
+    local peak=0 cur pid cg
+    : >"$W/logs/signfile.cgroup"
+    while [[ -e $W/sampling ]]; do
+        cur=$(tree_rss "$dockerd_pid")
+        ((cur > peak)) && peak=$cur && echo "$peak" >"$W/logs/tree.peak"
+        if [[ ! -s $W/logs/signfile.cgroup ]]; then
+            pid=$(pgrep -x sign-file | head -n1 || true)
+            if [[ -n $pid ]]; then
+                cg=$(awk -F: '$2 == "memory" { print $3 }' "/proc/$pid/cgroup" 2>/dev/null || true)
+                [[ -n $cg ]] && echo "$cg" >"$W/logs/signfile.cgroup"
+            fi
+        fi
+        sleep 0.2
+    done
+}
+
+sync
+log "B. KMM way: docker build (BuildKit) + docker push"
+hwm_d0=$(vm "$dockerd_pid" VmHWM)
+hwm_c0=$( [[ -n $containerd_pid ]] && vm "$containerd_pid" VmHWM || echo 0)
+rss_d0=$(vm "$dockerd_pid" VmRSS)
+# Reset the peak-RSS counters (clear_refs 5) so VmHWM afterwards is the peak of build+push.
+echo 5 >"/proc/$dockerd_pid/clear_refs" 2>/dev/null || true
+[[ -n $containerd_pid ]] && { echo 5 >"/proc/$containerd_pid/clear_refs" 2>/dev/null || true; }
+echo 0 >"$W/logs/tree.peak"
+touch "$W/sampling"
+sampler &
+sampler_pid=$!
+
+before=$(blob_bytes)
+t0=$EPOCHREALTIME
+if ! DOCKER_BUILDKIT=1 dk build --network none --progress plain -t "$reg/bench/modules:signed-kmm" "$W/ctx" \
+    >"$W/logs/build.log" 2>&1; then
+    tail -40 "$W/logs/build.log" >&2
+    die "docker build failed (full log: $W/logs/build.log)"
+fi
+t_build=$(since "$t0")
+hwm_build=$(vm "$dockerd_pid" VmHWM)
+t1=$EPOCHREALTIME
+if ! dk push "$reg/bench/modules:signed-kmm" >"$W/logs/push.log" 2>&1; then
+    tail -20 "$W/logs/push.log" >&2
+    die "docker push failed"
+fi
+t_push=$(since "$t1")
+t_kmm=$(since "$t0")
+after=$(blob_bytes)
+up_kmm=$((after - before))
+rm -f "$W/sampling"
+wait "$sampler_pid" || true
+sampler_pid=
+hwm_d1=$(vm "$dockerd_pid" VmHWM)
+hwm_c1=$( [[ -n $containerd_pid ]] && vm "$containerd_pid" VmHWM || echo 0)
+tree_peak=$(cat "$W/logs/tree.peak")
+kmm_digest=$(grep -oE 'digest: sha256:[0-9a-f]{64}' "$W/logs/push.log" | cut -d' ' -f2 || true)
+log "KMM way: build $t_build s, push $t_push s, digest ${kmm_digest:-?}"
+# The RUN step's cgroup is gone by now; its parent keeps the peak of its children
+# (memory.max_usage_in_bytes counts page cache too).
+cg_note="not found"
+cg=$(cat "$W/logs/signfile.cgroup" 2>/dev/null || true)
+if [[ -n $cg ]]; then
+    parent=/sys/fs/cgroup/memory$(dirname "$cg")
+    if [[ -r $parent/memory.max_usage_in_bytes ]]; then
+        cg_note="$(dirname "$cg"): max_usage $(mb "$(cat "$parent/memory.max_usage_in_bytes")") MB (incl. page cache)"
+    else
+        cg_note="$cg (parent not readable at $parent)"
+    fi
+fi
+data_root_bytes=$(du -sb "$W/docker-data" 2>/dev/null | cut -f1 || echo 0)
+
+# --- Verify: pull both back, compare the module trees, kforge verify ---
+log "verifying: pulling both signed images back"
+mkdir -p "$W/pull"
+skopeo copy -q --src-tls-verify=false "docker://$reg/bench/modules:signed-kforge" "oci:$W/pull:kforge"
+skopeo copy -q --src-tls-verify=false "docker://$reg/bench/modules:signed-kmm" "oci:$W/pull:kmm"
+umoci unpack --image "$W/pull:kforge" "$W/rf-kforge" >/dev/null
+umoci unpack --image "$W/pull:kmm" "$W/rf-kmm" >/dev/null
+kf_raw=$(skopeo inspect --raw --tls-verify=false "docker://$reg/bench/modules:signed-kforge")
+kmm_raw=$(skopeo inspect --raw --tls-verify=false "docker://$reg/bench/modules:signed-kmm")
+layers() { jq -r '.layers[] | "\(.digest) \(.size)"' <<<"$1"; }
+describe() {
+    local raw=$1 n l0 sz0 szn
+    n=$(jq '.layers | length' <<<"$raw")
+    l0=$(jq -r '.layers[0].digest' <<<"$raw")
+    szn=$(jq -r '.layers[-1].size' <<<"$raw")
+    if [[ $l0 == "$unsigned_layer" ]]; then sz0="unsigned layer reused as is"; else sz0="base layer re-encoded: $l0"; fi
+    printf '%s layers (%s); top layer %s MB compressed; %s' "$n" "$(jq -r '.mediaType // "?"' <<<"$raw")" "$(mb "$szn")" "$sz0"
+}
+log "kforge image: $(describe "$kf_raw")"
+log "KMM image:    $(describe "$kmm_raw")"
+
+n_kf=$(find "$W/rf-kforge/rootfs/opt/lib/modules" -name '*.ko' | wc -l)
+n_kmm=$(find "$W/rf-kmm/rootfs/opt/lib/modules" -name '*.ko' | wc -l)
+((n_kf == modules)) || die "kforge image has $n_kf modules, expected $modules"
+((n_kmm == modules)) || die "KMM image has $n_kmm modules, expected $modules"
+diffs=$(diff -r -q "$W/rf-kforge/rootfs/opt/lib/modules" "$W/rf-kmm/rootfs/opt/lib/modules" || true)
+if [[ -n $diffs ]]; then
+    printf '%s\n' "$diffs" | head -n 50 >&2
+    die "$(wc -l <<<"$diffs") differences between the kforge and KMM module trees"
+fi
+identical=yes
+# Signed, once: every module ends with the magic, and differs from the pristine one.
+signed=$(find "$W/rf-kforge/rootfs/opt/lib/modules" -name '*.ko' -print0 | xargs -0 -n 1 tail -c 28 |
+    grep -c 'Module signature appended' || true)
+((signed == modules)) || die "only $signed of $modules modules end with a signature"
+same_as_pristine=$(diff -r -q "$pristine" "$W/rf-kforge/rootfs/opt/lib/modules/$abi" | grep -c differ || true)
+((same_as_pristine == modules)) || die "only $same_as_pristine of $modules modules changed by signing"
+verify_out=$("$KFORGE" verify -q --cert "$cert" "$W/rf-kforge/rootfs/opt/lib/modules" 2>&1) ||
+    { printf '%s\n' "$verify_out" >&2; die "kforge verify failed on the kforge image"; }
+log "kforge verify (kforge image): $verify_out"
+grep -q "^$modules verified, 0 failed" <<<"$verify_out" || die "unexpected verify output: $verify_out"
+
+# --- Report ---
+ratio=$(awk -v a="$t_kmm" -v b="$t_kf" 'BEGIN { printf "%.1f", a / b }')
+kf_summary=$(grep -E '^signed ' "$W/logs/kforge.err" | tail -n1 || true)
+blob_lines() { grep -cE "^blob sha256:[0-9a-f]+ $1" "$W/logs/kforge.err" || true; }
+cpu=$(grep -m1 '^model name' /proc/cpuinfo | sed 's/^model name[[:space:]]*:[[:space:]]*//')
+kmm_mem_mb=$(kb_mb "$((hwm_d1 + hwm_c1))")
+cat <<EOF
+
+Image: $modules modules of Debian's \`$pkg\` ($(basename "$deb" .deb | cut -d_ -f2)), Debian signatures stripped, $(mb "$corpus_bytes") MB,
+one layer under /opt/lib/modules/$abi ($(mb "$unsigned_layer_size") MB gzip). RSA-2048 / SHA-256. Registry: Distribution $(docker-registry --version 2>/dev/null | awk '{ print $3 }') on $reg.
+Machine: $cpu, nproc = $jobs; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg).
+kforge: $kf_summary
+  blobs: $(blob_lines present) present, $(blob_lines mounted) mounted, $(blob_lines uploaded) uploaded; image: $(describe "$kf_raw")
+KMM way: Docker $($DOCKER version -f '{{.Server.Version}}' -H "unix://$W/docker.sock" 2>/dev/null || echo '?') (BuildKit embedded), sign-file from linux-kbuild-$kver via \`xargs -P\$(nproc)\`;
+  image: $(describe "$kmm_raw"); docker data root after the build: $(mb "$data_root_bytes") MB
+Memory, KMM way: dockerd VmHWM $(kb_mb "$hwm_d0") MB before (VmRSS $(kb_mb "$rss_d0") MB), reset, then $(kb_mb "$hwm_build") MB after the build, $(kb_mb "$hwm_d1") MB after the push;
+  containerd VmHWM $(kb_mb "$hwm_c0") -> $(kb_mb "$hwm_c1") MB; sampled peak RSS of dockerd's whole process tree (incl. RUN step) $(kb_mb "$tree_peak") MB;
+  RUN step cgroup: $cg_note.
+Verification: both images pulled back (skopeo + umoci): $modules modules each, byte-identical: $identical; kforge verify: $verify_out
+
+| method | wall s | build s | push s | uploaded MB (registry growth) | peak memory MB | what the memory figure is |
+| --- | ---: | ---: | ---: | ---: | ---: | --- |
+| kforge sign-image | $t_kf | – | – | $(mb "$up_kf") | $(kb_mb "$rss_kf") | max RSS of the kforge process |
+| KMM 1.x (BuildKit build + docker push) | $t_kmm | $t_build | $t_push | $(mb "$up_kmm") | $kmm_mem_mb | dockerd + containerd VmHWM during build+push (tree sample: $(kb_mb "$tree_peak")) |
+
+KMM wall / kforge wall: ${ratio}×
+EOF
+echo
+log "whole run: $(since "$run_start") s"
