@@ -117,7 +117,7 @@ pub async fn sign_module(client: &Client, id: &str, key: &str, hash: &str, key_i
         }
         let _ = tx.send(msg(Part::End(pb::ModuleEnd { id: String::new() }))).await;
     });
-    let service = |s: tonic::Status| kforge_signer::Error::Service { code: format!("{:?}", s.code()), message: s.message().to_string() };
+    let service = service_error;
     let mut stream = client.sign_modules(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(service)?.into_inner();
     let mut out = Vec::new();
     let mut header = None;
@@ -143,6 +143,20 @@ pub async fn sign_module(client: &Client, id: &str, key: &str, hash: &str, key_i
         return Err(kforge_signer::Error::Service { code: "DataLoss".into(), message: format!("expected {} bytes, received {}", h.size, out.len()) });
     }
     Ok(SignedRemote { bytes: out, module_name: h.module_name, vermagic: h.vermagic })
+}
+
+/// A status as a signer error; transport failures get a hint at the usual causes.
+fn service_error(s: tonic::Status) -> kforge_signer::Error {
+    let transport = matches!(s.code(), tonic::Code::Cancelled | tonic::Code::Unavailable)
+        || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"));
+    let message = match transport {
+        true => format!(
+            "{}: the service closed or refused the connection (a client certificate it does not trust, a TLS mismatch, or the service is down)",
+            s.message()
+        ),
+        false => s.message().to_string(),
+    };
+    kforge_signer::Error::Service { code: format!("{:?}", s.code()), message }
 }
 
 /// Turns a status into an error that says what the service answered.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod oci;
+pub mod pki;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
