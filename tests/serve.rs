@@ -15,7 +15,7 @@ use support::*;
 
 /// A `kforge serve` process; stopped with SIGTERM on drop.
 struct Server {
-    child: Child,
+    pub child: Child,
     addr: String,
 }
 
@@ -330,4 +330,65 @@ async fn per_module_errors_do_not_end_the_stream_and_verify_checks_cryptographic
     assert_eq!(keys.len(), 1);
     assert!(keys[0].certificate_pem.starts_with("-----BEGIN CERTIFICATE-----") && !keys[0].certificate_pem.contains("PRIVATE"));
     running.shutdown().await.expect("shutdown");
+}
+
+#[test]
+fn a_server_killed_mid_batch_leaves_a_whole_audit_log_and_the_client_names_what_did_not_complete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = openssl_keys(dir.path(), "k", 2048);
+    let audit_path = dir.path().join("audit.jsonl");
+    let config = dir.path().join("kforge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\naudit_log = \"{}\"\n[[keys]]\nname = \"k\"\nkey = \"{}\"\ncert = \"{}\"\nallow = [\"anonymous\"]\n",
+            audit_path.display(),
+            keys.key.display(),
+            keys.cert_der.display()
+        ),
+    )
+    .expect("config");
+    let m = modules();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).expect("mkdir");
+    const N: usize = 1000;
+    for i in 0..N {
+        copy_to(&m.hello, &tree, &format!("m{i:04}.ko"));
+    }
+    let original = std::fs::read(&m.hello).expect("read");
+    let expected = sign_file(dir.path(), &m.hello, "sha256", &keys.key, &keys.cert_der, false);
+
+    let mut server = Server::start(&["--config", config.to_str().expect("utf8")]);
+    let client = kforge().args(["sign", "-j", "2", "--remote", &format!("http://{}", server.addr)]).arg(&tree).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("client");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while signed_lines(&audit_path) < 50 {
+        assert!(std::time::Instant::now() < deadline, "the batch never got going");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    server.child.kill().expect("SIGKILL");
+    let _ = server.child.wait();
+    let out = client.wait_with_output().expect("client output");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "the client must fail when the service dies: {stdout}");
+
+    let (mut done, mut untouched) = (0, 0);
+    for i in 0..N {
+        let name = format!("m{i:04}.ko");
+        let bytes = std::fs::read(tree.join(&name)).expect("read");
+        if bytes == expected {
+            done += 1;
+        } else {
+            assert!(bytes == original, "{name} is neither signed nor untouched");
+            assert!(stderr.contains(&format!("{name}: signing service")), "{name} did not complete but is not reported");
+            untouched += 1;
+        }
+    }
+    assert!(done >= 1 && untouched >= 1, "the kill landed mid-batch: {done} done, {untouched} not");
+    assert!(stdout.contains(&format!("signed {done} modules")) && stdout.contains(&format!("{untouched} failed")), "{stdout}");
+
+    // Restart: the audit log opens, every line parses, and no signature the client received is missing.
+    let restarted = Server::start(&["--config", config.to_str().expect("utf8")]);
+    let records = audit(&audit_path);
+    assert!(records.iter().filter(|r| r["result"] == "signed").count() >= done);
+    drop(restarted);
 }

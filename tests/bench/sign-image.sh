@@ -270,7 +270,7 @@ dk info >/dev/null 2>&1 || { tail -30 "$W/logs/dockerd.log" >&2; die "dockerd di
 containerd_pid=$(pgrep -P "$dockerd_pid" -x containerd | head -n1 || true)
 log "dockerd pid $dockerd_pid, its containerd pid ${containerd_pid:-none}"
 log "importing the signer base as $reg/bench/signer-base:latest"
-dk import -q "$base_tar" "$reg/bench/signer-base:latest" >/dev/null
+dk import "$base_tar" "$reg/bench/signer-base:latest" >/dev/null
 
 # --- A. kforge sign-image ---
 sync
