@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, ["."])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("kforge_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Module bytes as `bytes::Bytes`: chunks are sliced and passed on without copying.
+    tonic_prost_build::configure().bytes(".kforge").compile_fds(fds)?;
     Ok(())
 }

@@ -154,6 +154,14 @@ fn a_real_server_signs_like_sign_file_for_certificate_and_token_callers() {
     ok(&mut t.remote_sign(&server, None, Some(&t.token), "prod", &b));
     assert!(std::fs::read(&b).expect("read") == expected_params, "token: not sign-file's bytes");
 
+    // A compressed module comes back whole, recompressed; decompressed it is sign-file's module.
+    let c = copy_to(&m.params, t.dir.path(), "c.ko");
+    ok(Command::new("xz").args(["--check=crc32", "-f"]).arg(&c));
+    let cxz = t.dir.path().join("c.ko.xz");
+    ok(&mut t.remote_sign(&server, Some(&t.builder), None, "prod", &cxz));
+    let unpacked = output(Command::new("xz").args(["-d", "-c"]).arg(&cxz));
+    assert!(unpacked.status.success() && unpacked.stdout == expected_params, "remote .ko.xz: not sign-file's module inside");
+
     // The same bytes as local signing.
     let local = copy_to(&m.params, t.dir.path(), "local.ko");
     ok(kforge().args(["sign", "--key"]).arg(&t.keys.key).arg("--cert").arg(&t.keys.cert_der).arg(&local));
@@ -161,7 +169,7 @@ fn a_real_server_signs_like_sign_file_for_certificate_and_token_callers() {
 
     let records = audit(&t.audit);
     let signed: Vec<_> = records.iter().filter(|r| r["result"] == "signed").collect();
-    assert_eq!(signed.len(), 2, "{records:?}");
+    assert_eq!(signed.len(), 3, "{records:?}");
     assert_eq!(signed[0]["identity"], "cn:builder");
     assert_eq!(signed[0]["module"], "kforge_hello");
     assert_eq!(signed[1]["identity"], "token:ci");
@@ -221,8 +229,8 @@ fn a_64_mb_module_streams_through_with_bounded_server_memory() {
 async fn sign(client: &mut SignerClient<tonic::transport::Channel>, id: String, key: &str, module: Vec<u8>) -> Result<Vec<u8>, pb::ModuleError> {
     use pb::sign_modules_request::Part;
     let msg = |p| pb::SignModulesRequest { part: Some(p) };
-    let mut parts = vec![msg(Part::Start(pb::ModuleStart { id: id.clone(), key: key.into(), hash: String::new(), key_id: false, size: module.len() as u64 }))];
-    parts.extend(module.chunks(256 << 10).map(|c| msg(Part::Data(c.to_vec()))));
+    let mut parts = vec![msg(Part::Start(pb::ModuleStart { id: id.clone(), key: key.into(), hash: String::new(), key_id: false, size: module.len() as u64, detached: false }))];
+    parts.extend(module.chunks(256 << 10).map(|c| msg(Part::Data(c.to_vec().into()))));
     parts.push(msg(Part::End(pb::ModuleEnd { id })));
     let mut stream = client.sign_modules(tokio_stream::iter(parts)).await.expect("stream").into_inner();
     let mut out = Vec::new();
@@ -230,7 +238,6 @@ async fn sign(client: &mut SignerClient<tonic::transport::Channel>, id: String, 
         match m.part {
             Some(pb::sign_modules_response::Part::Data(d)) => out.extend_from_slice(&d),
             Some(pb::sign_modules_response::Part::Error(e)) => return Err(e),
-            Some(pb::sign_modules_response::Part::End(_)) => break,
             _ => {}
         }
     }
@@ -294,12 +301,12 @@ async fn per_module_errors_do_not_end_the_stream_and_verify_checks_cryptographic
 
     use pb::sign_modules_request::Part;
     let msg = |p| pb::SignModulesRequest { part: Some(p) };
-    let start = |id: &str, size: usize| msg(Part::Start(pb::ModuleStart { id: id.into(), key: "dev".into(), hash: String::new(), key_id: false, size: size as u64 }));
+    let start = |id: &str, size: usize| msg(Part::Start(pb::ModuleStart { id: id.into(), key: "dev".into(), hash: String::new(), key_id: false, size: size as u64, detached: false }));
     let end = |id: &str| msg(Part::End(pb::ModuleEnd { id: id.into() }));
     let parts = vec![
-        start("junk", 4), msg(Part::Data(b"junk".to_vec())), end("junk"),
+        start("junk", 4), msg(Part::Data(b"junk".to_vec().into())), end("junk"),
         start("huge", 2 << 20), end("huge"),
-        start("good", hello.len()), msg(Part::Data(hello.clone())), end("good"),
+        start("good", hello.len()), msg(Part::Data(hello.clone().into())), end("good"),
     ];
     let mut stream = client.sign_modules(tokio_stream::iter(parts)).await.expect("stream").into_inner();
     let (mut errors, mut signed) = (Vec::new(), Vec::new());
@@ -318,12 +325,12 @@ async fn per_module_errors_do_not_end_the_stream_and_verify_checks_cryptographic
     assert_eq!((signed[0].id.as_str(), signed[0].module_name.as_str()), ("good", "kforge_hello"));
 
     let good = sign(&mut client, "again".into(), "dev", hello.clone()).await.expect("signed");
-    let v = client.verify(pb::VerifyRequest { module: good.clone(), against: Some(pb::verify_request::Against::Key("dev".into())) }).await.expect("verify").into_inner();
+    let v = client.verify(pb::VerifyRequest { module: good.clone().into(), against: Some(pb::verify_request::Against::Key("dev".into())) }).await.expect("verify").into_inner();
     assert_eq!(v.module_name, "kforge_hello");
     assert_eq!(v.hash, "sha256");
     let mut tampered = good;
     tampered[200] ^= 1;
-    let e = client.verify(pb::VerifyRequest { module: tampered, against: Some(pb::verify_request::Against::Key("dev".into())) }).await.expect_err("tampered");
+    let e = client.verify(pb::VerifyRequest { module: tampered.into(), against: Some(pb::verify_request::Against::Key("dev".into())) }).await.expect_err("tampered");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("signature does not verify"), "{}", e.message());
     let keys = client.list_keys(pb::ListKeysRequest {}).await.expect("keys").into_inner().keys;

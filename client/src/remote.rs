@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use kforge_proto::signer::v1 as pb;
 use kforge_proto::signer::v1::signer_client::SignerClient;
-use tokio::sync::mpsc;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -99,29 +98,27 @@ pub struct SignedRemote {
     pub vermagic: String,
 }
 
-/// Signs one module over its own SignModules stream.
+/// Signs one module over its own SignModules stream. Uncompressed modules are signed detached:
+/// only the appended signature comes back, and it is appended here to the module with any old
+/// signatures stripped (the same bytes, half the traffic).
 pub async fn sign_module(client: &Client, id: &str, key: &str, hash: &str, key_id: bool, module: Vec<u8>) -> Result<SignedRemote, kforge_signer::Error> {
     use pb::sign_modules_request::Part;
-    let (tx, rx) = mpsc::channel(4);
-    let start = pb::ModuleStart { id: id.to_string(), key: key.to_string(), hash: hash.to_string(), key_id, size: module.len() as u64 };
+    let module = bytes::Bytes::from(module);
+    let start = pb::ModuleStart { id: id.to_string(), key: key.to_string(), hash: hash.to_string(), key_id, size: module.len() as u64, detached: true };
+    let msg = |p| pb::SignModulesRequest { part: Some(p) };
+    let mut parts = vec![msg(Part::Start(start))];
+    let mut at = 0;
+    while at < module.len() {
+        let end = (at + CHUNK).min(module.len());
+        parts.push(msg(Part::Data(module.slice(at..end))));
+        at = end;
+    }
+    parts.push(msg(Part::End(pb::ModuleEnd { id: id.to_string() })));
     let mut client = client.clone();
-    let sender = tokio::spawn(async move {
-        let msg = |p| pb::SignModulesRequest { part: Some(p) };
-        if tx.send(msg(Part::Start(start))).await.is_err() {
-            return;
-        }
-        for chunk in module.chunks(1 << 20) {
-            if tx.send(msg(Part::Data(chunk.to_vec()))).await.is_err() {
-                return;
-            }
-        }
-        let _ = tx.send(msg(Part::End(pb::ModuleEnd { id: String::new() }))).await;
-    });
-    let service = service_error;
-    let mut stream = client.sign_modules(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(service)?.into_inner();
+    let mut stream = client.sign_modules(tokio_stream::iter(parts)).await.map_err(service_error)?.into_inner();
     let mut out = Vec::new();
     let mut header = None;
-    while let Some(msg) = stream.message().await.map_err(service)? {
+    while let Some(msg) = stream.message().await.map_err(service_error)? {
         use pb::sign_modules_response::Part as R;
         match msg.part {
             Some(R::Signed(h)) => {
@@ -129,7 +126,9 @@ pub async fn sign_module(client: &Client, id: &str, key: &str, hash: &str, key_i
                 header = Some(h);
             }
             Some(R::Data(d)) => out.extend_from_slice(&d),
-            Some(R::End(_)) => break,
+            // Read on to the end of the response: dropping a stream early resets it, and h2
+            // counts those resets against the connection.
+            Some(R::End(_)) => {}
             Some(R::Error(e)) => {
                 let code = format!("{:?}", tonic::Code::from(e.code));
                 return Err(kforge_signer::Error::Service { code, message: e.message });
@@ -137,13 +136,24 @@ pub async fn sign_module(client: &Client, id: &str, key: &str, hash: &str, key_i
             None => {}
         }
     }
-    let _ = sender.await;
     let h = header.ok_or_else(|| kforge_signer::Error::Service { code: "Internal".into(), message: "the service ended the stream without a signed module".into() })?;
     if out.len() as u64 != h.size {
         return Err(kforge_signer::Error::Service { code: "DataLoss".into(), message: format!("expected {} bytes, received {}", h.size, out.len()) });
     }
-    Ok(SignedRemote { bytes: out, module_name: h.module_name, vermagic: h.vermagic })
+    let bytes = if h.detached {
+        let (bare, _) = kforge_signer::trailer::strip_all(&module)?;
+        let mut whole = Vec::with_capacity(bare.len() + out.len());
+        whole.extend_from_slice(bare);
+        whole.extend_from_slice(&out);
+        whole
+    } else {
+        out
+    };
+    Ok(SignedRemote { bytes, module_name: h.module_name, vermagic: h.vermagic })
 }
+
+/// Size of the data chunks sent to the service.
+const CHUNK: usize = 1 << 20;
 
 /// A status as a signer error; transport failures get a hint at the usual causes.
 fn service_error(s: tonic::Status) -> kforge_signer::Error {

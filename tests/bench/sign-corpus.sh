@@ -10,6 +10,7 @@
 #   KFORGE     kforge binary (default target/release/kforge; built if missing)
 #   BUILD      if set, rebuild kforge (cargo build --release --locked -p kforge) first
 #   SIGN_FILE  sign-file binary (default: the linux-kbuild matching the ABI)
+#   PREPARE_ONLY  if set, stop once the stripped corpus is ready (other benchmarks use it)
 set -euo pipefail
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -126,6 +127,10 @@ bytes=$(find "$pristine" -name '*.ko' -printf '%s\n' | awk '{ s += $1 } END { pr
 mb=$(awk -v b="$bytes" 'BEGIN { printf "%.0f", b / 1e6 }')
 ((modules > 0)) || die "no modules in $pristine"
 log "corpus: $modules modules, $mb MB"
+if [[ -n ${PREPARE_ONLY:-} ]]; then
+    echo "$pristine"
+    exit 0
+fi
 
 # --- 4. Keys, once per run ---
 for bits in 2048 4096; do

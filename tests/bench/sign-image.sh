@@ -274,10 +274,11 @@ dk import "$base_tar" "$reg/bench/signer-base:latest" >/dev/null
 
 # --- A. kforge sign-image ---
 sync
-log "A. kforge sign-image"
+load_a=$(cut -d' ' -f1 /proc/loadavg)
+log "A. kforge sign-image (load average $load_a)"
 before=$(blob_bytes)
 t0=$EPOCHREALTIME
-if ! KFORGE_PROGRESS=1 /usr/bin/time -f '%e %M' -o "$W/logs/kforge.time" \
+if ! KFORGE_PROGRESS=1 /usr/bin/time -f '%e %M %U %S' -o "$W/logs/kforge.time" \
     "$KFORGE" sign-image --key "$key" --cert "$cert" \
     --from "$reg/bench/modules:unsigned" --to "$reg/bench/modules:signed-kforge" --insecure \
     --work-dir "$W/kforge-tmp" >"$W/logs/kforge.out" 2>"$W/logs/kforge.err"; then
@@ -289,9 +290,11 @@ t_kf=$(since "$t0")
 after=$(blob_bytes)
 up_kf=$((after - before))
 rss_kf=$(awk '{ print $2 }' "$W/logs/kforge.time")
+cpu_kf=$(awk '{ printf "%.1f", $3 + $4 }' "$W/logs/kforge.time")
 log "kforge: digest $(cat "$W/logs/kforge.out")"
-printf -- '--- kforge stderr (verbatim) ---\n' >&2
-cat "$W/logs/kforge.err" >&2
+printf -- '--- kforge stderr (verbatim, without its %s "  signed <path>" lines; full log in %s) ---\n' \
+    "$(grep -c '^  signed ' "$W/logs/kforge.err" || true)" "$W/logs/kforge.err" >&2
+grep -v '^  signed ' "$W/logs/kforge.err" >&2 || true
 printf -- '---\n' >&2
 
 # --- B. The KMM 1.x way: Dockerfile build through BuildKit + docker push ---
@@ -339,8 +342,17 @@ sampler() {
     done
 }
 
+# CPU seconds (user + system, self + reaped children) of a process, from /proc/PID/stat.
+cpu_s() {
+    local tck
+    tck=$(getconf CLK_TCK)
+    sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk -v t="$tck" '{ printf "%.2f", ($12 + $13 + $14 + $15) / t }' || echo 0
+}
 sync
-log "B. KMM way: docker build (BuildKit) + docker push"
+load_b=$(cut -d' ' -f1 /proc/loadavg)
+log "B. KMM way: docker build (BuildKit) + docker push (load average $load_b)"
+cpu_d0=$(cpu_s "$dockerd_pid")
+cpu_c0=$( [[ -n $containerd_pid ]] && cpu_s "$containerd_pid" || echo 0)
 hwm_d0=$(vm "$dockerd_pid" VmHWM)
 hwm_c0=$( [[ -n $containerd_pid ]] && vm "$containerd_pid" VmHWM || echo 0)
 rss_d0=$(vm "$dockerd_pid" VmRSS)
@@ -374,6 +386,15 @@ rm -f "$W/sampling"
 wait "$sampler_pid" || true
 sampler_pid=
 hwm_d1=$(vm "$dockerd_pid" VmHWM)
+cpu_d1=$(cpu_s "$dockerd_pid")
+cpu_c1=$( [[ -n $containerd_pid ]] && cpu_s "$containerd_pid" || echo 0)
+cpu_kmm=$(awk -v a="$cpu_d0" -v b="$cpu_d1" -v c="$cpu_c0" -v d="$cpu_c1" 'BEGIN { printf "%.1f", (b - a) + (d - c) }')
+# BuildKit's own step timings (plain progress: "#N [stage n/m] ..." then "#N DONE 1.2s").
+steps=$(awk '
+    /^#[0-9]+ \[/ || /^#[0-9]+ exporting to image/ { id = $1; sub(/^#[0-9]+ /, ""); if (!(id in name)) name[id] = substr($0, 1, 70) }
+    /^#[0-9]+ DONE / { done[$1] = $3 }
+    END { for (id in name) if ((id in done) && done[id] + 0 >= 0.1) { n = substr(id, 2); printf "%d\t%s\t%s\n", n, done[id], name[id] } }
+' "$W/logs/build.log" | sort -n | cut -f2- | awk -F'\t' '{ printf "    %7s  %s\n", $1, $2 }')
 hwm_c1=$( [[ -n $containerd_pid ]] && vm "$containerd_pid" VmHWM || echo 0)
 tree_peak=$(cat "$W/logs/tree.peak")
 kmm_digest=$(grep -oE 'digest: sha256:[0-9a-f]{64}' "$W/logs/push.log" | cut -d' ' -f2 || true)
@@ -408,7 +429,7 @@ describe() {
     l0=$(jq -r '.layers[0].digest' <<<"$raw")
     szn=$(jq -r '.layers[-1].size' <<<"$raw")
     if [[ $l0 == "$unsigned_layer" ]]; then sz0="unsigned layer reused as is"; else sz0="base layer re-encoded: $l0"; fi
-    printf '%s layers (%s); top layer %s MB compressed; %s' "$n" "$(jq -r '.mediaType // "?"' <<<"$raw")" "$(mb "$szn")" "$sz0"
+    printf '%s layers (%s); top layer %s MB compressed; %s' "$n" "$(jq -r '.mediaType // "no mediaType field"' <<<"$raw")" "$(mb "$szn")" "$sz0"
 }
 log "kforge image: $(describe "$kf_raw")"
 log "KMM image:    $(describe "$kmm_raw")"
@@ -437,29 +458,31 @@ grep -q "^$modules verified, 0 failed" <<<"$verify_out" || die "unexpected verif
 # --- Report ---
 ratio=$(awk -v a="$t_kmm" -v b="$t_kf" 'BEGIN { printf "%.1f", a / b }')
 kf_summary=$(grep -E '^signed ' "$W/logs/kforge.err" | tail -n1 || true)
-blob_lines() { grep -cE "^blob sha256:[0-9a-f]+ $1" "$W/logs/kforge.err" || true; }
+blob_lines() { grep -cE "^ *blob sha256:[0-9a-f]+ $1" "$W/logs/kforge.err" || true; }
 cpu=$(grep -m1 '^model name' /proc/cpuinfo | sed 's/^model name[[:space:]]*:[[:space:]]*//')
 kmm_mem_mb=$(kb_mb "$((hwm_d1 + hwm_c1))")
 cat <<EOF
 
 Image: $modules modules of Debian's \`$pkg\` ($(basename "$deb" .deb | cut -d_ -f2)), Debian signatures stripped, $(mb "$corpus_bytes") MB,
 one layer under /opt/lib/modules/$abi ($(mb "$unsigned_layer_size") MB gzip). RSA-2048 / SHA-256. Registry: Distribution $(docker-registry --version 2>/dev/null | awk '{ print $3 }') on $reg.
-Machine: $cpu, nproc = $jobs; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg).
+Machine: $cpu, nproc = $jobs; 1-min load average before A: $load_a, before B: $load_b; at the end: $(cut -d' ' -f1-3 /proc/loadavg).
 kforge: $kf_summary
   blobs: $(blob_lines present) present, $(blob_lines mounted) mounted, $(blob_lines uploaded) uploaded; image: $(describe "$kf_raw")
-KMM way: Docker $($DOCKER version -f '{{.Server.Version}}' -H "unix://$W/docker.sock" 2>/dev/null || echo '?') (BuildKit embedded), sign-file from linux-kbuild-$kver via \`xargs -P\$(nproc)\`;
+KMM way: Docker $(dk version -f '{{.Server.Version}}' 2>/dev/null || echo '?') (BuildKit embedded), sign-file from linux-kbuild-$kver via \`xargs -P\$(nproc)\`;
   image: $(describe "$kmm_raw"); docker data root after the build: $(mb "$data_root_bytes") MB
+  BuildKit steps (s):
+$steps
 Memory, KMM way: dockerd VmHWM $(kb_mb "$hwm_d0") MB before (VmRSS $(kb_mb "$rss_d0") MB), reset, then $(kb_mb "$hwm_build") MB after the build, $(kb_mb "$hwm_d1") MB after the push;
   containerd VmHWM $(kb_mb "$hwm_c0") -> $(kb_mb "$hwm_c1") MB; sampled peak RSS of dockerd's whole process tree (incl. RUN step) $(kb_mb "$tree_peak") MB;
   RUN step cgroup: $cg_note.
 Verification: both images pulled back (skopeo + umoci): $modules modules each, byte-identical: $identical; kforge verify: $verify_out
 
-| method | wall s | build s | push s | uploaded MB (registry growth) | peak memory MB | what the memory figure is |
-| --- | ---: | ---: | ---: | ---: | ---: | --- |
-| kforge sign-image | $t_kf | – | – | $(mb "$up_kf") | $(kb_mb "$rss_kf") | max RSS of the kforge process |
-| KMM 1.x (BuildKit build + docker push) | $t_kmm | $t_build | $t_push | $(mb "$up_kmm") | $kmm_mem_mb | dockerd + containerd VmHWM during build+push (tree sample: $(kb_mb "$tree_peak")) |
+| method | wall s | build s | push s | CPU s | uploaded MB (registry growth) | peak memory MB | what the memory figure is |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |
+| kforge sign-image | $t_kf | – | – | $cpu_kf | $(mb "$up_kf") | $(kb_mb "$rss_kf") | max RSS of the kforge process |
+| KMM 1.x (BuildKit build + docker push) | $t_kmm | $t_build | $t_push | $cpu_kmm | $(mb "$up_kmm") | $kmm_mem_mb | dockerd + containerd VmHWM during build+push (sampled RSS of dockerd's whole process tree incl. the RUN step: $(kb_mb "$tree_peak")) |
 
-KMM wall / kforge wall: ${ratio}×
+KMM wall / kforge wall: ${ratio}×; CPU s: kforge = user + sys of the process; KMM = user + sys of dockerd and containerd, with their reaped children (runc, the RUN step's sign-file processes).
 EOF
 echo
 log "whole run: $(since "$run_start") s"

@@ -66,17 +66,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })?;
         let handle = runtime.handle().clone();
         let key_id = args.key_id;
+        let latencies = std::sync::Mutex::new(Vec::with_capacity(collected.jobs.len()));
         let sign = |job: &Job, bytes: Vec<u8>| {
             let compression = Compression::detect(&bytes);
             let id = job.src.display().to_string();
+            let t = Instant::now();
             let r = handle.block_on(remote::sign_module(&client, &id, &key_name, hash.name(), key_id, bytes))?;
+            if let Ok(mut l) = latencies.lock() {
+                l.push(t.elapsed());
+            }
             Ok(Signed { bytes: r.bytes, info: ModuleInfo { name: r.module_name, vermagic: r.vermagic, fields: vec![] }, replaced: 0, compression })
         };
         // Remote signing waits on the network more than on the CPU: more workers by default.
         let pool = rayon_pool(Some(args.jobs.unwrap_or(8)))?;
         let results = pool.install(|| sign_jobs_with(&collected.jobs, &opts, &on_done, &sign));
         let url = args.remote.remote.clone().unwrap_or_default();
-        (results, format!("key {key_name:?} on {url} ({hash})"))
+        let mut l = latencies.into_inner().unwrap_or_default();
+        l.sort();
+        let pct = |p: usize| l.get((l.len().saturating_sub(1)) * p / 100).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+        (results, format!("key {key_name:?} on {url} ({hash}; per module p50 {:.1} ms, p99 {:.1} ms)", pct(50), pct(99)))
     } else {
         let (Some(key), Some(cert)) = (&args.key, &args.cert) else {
             anyhow::bail!("--key and --cert are required (or sign on a service with --remote)");

@@ -141,7 +141,7 @@ fn run_remote(args: &Args) -> anyhow::Result<ExitCode> {
             key,
             hash: args.hash.clone(),
             files: args.files.clone(),
-            docker_config_json,
+            docker_config_json: docker_config_json.into(),
             insecure: args.insecure,
             insecure_skip_tls_verify: args.insecure_skip_tls_verify,
             key_id: args.key_id,

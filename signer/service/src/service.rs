@@ -191,7 +191,7 @@ impl SignerApi for SignerService {
         }
         let mut registries = state.registries.clone();
         if !r.docker_config_json.is_empty() {
-            registries.credentials = kforge_image::DockerConfig::parse(&r.docker_config_json, std::path::Path::new("request docker_config_json"))
+            registries.credentials = kforge_image::DockerConfig::parse(&r.docker_config_json[..], std::path::Path::new("request docker_config_json"))
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
         registries.tls.insecure = r.insecure;
@@ -310,7 +310,7 @@ fn image_status(e: &kforge_image::Error) -> Status {
 }
 
 /// Authorises, signs, audits (fsync'd) and returns the signed module.
-async fn sign_one(state: &Arc<State>, caller: &Caller, request_id: &str, start: pb::ModuleStart, bytes: Vec<u8>) -> Result<(pb::SignedModule, Vec<u8>), Status> {
+async fn sign_one(state: &Arc<State>, caller: &Caller, request_id: &str, start: pb::ModuleStart, bytes: Vec<u8>) -> Result<(pb::SignedModule, bytes::Bytes), Status> {
     let started = Instant::now();
     let key = state.key_for(&start.key, caller, request_id).await?;
     state.limiter.take_signature(caller.name())?;
@@ -341,16 +341,23 @@ async fn sign_one(state: &Arc<State>, caller: &Caller, request_id: &str, start: 
             return Err(Status::internal(format!("the signature could not be recorded in the audit log ({e}); nothing was returned")));
         }
         metrics.record(&key.name, "signed", started, size_in);
+        let mut out = bytes::Bytes::from(signed.bytes);
+        let detached = start.detached && signed.compression == kforge_signer::Compression::None;
+        if detached {
+            let bare = kforge_signer::trailer::split(&out).ok().flatten().map(|a| a.signed.len()).unwrap_or(0);
+            out = out.slice(bare..);
+        }
         let header = pb::SignedModule {
             id: start.id,
-            size: signed.bytes.len() as u64,
+            size: out.len() as u64,
             module_name: signed.info.name,
             vermagic: signed.info.vermagic,
             sha256_in,
             sha256_out,
             key: key.name.clone(),
+            detached,
         };
-        Ok((header, signed.bytes))
+        Ok((header, out))
     })
     .await
     .map_err(|e| Status::internal(e.to_string()))?
@@ -358,13 +365,16 @@ async fn sign_one(state: &Arc<State>, caller: &Caller, request_id: &str, start: 
 
 type Tx = mpsc::Sender<Result<pb::SignModulesResponse, Status>>;
 
-async fn send_signed(tx: &Tx, header: pb::SignedModule, bytes: Vec<u8>) -> Result<(), ()> {
+async fn send_signed(tx: &Tx, header: pb::SignedModule, bytes: bytes::Bytes) -> Result<(), ()> {
     use pb::sign_modules_response::Part;
     let id = header.id.clone();
     let msg = |part| Ok(pb::SignModulesResponse { part: Some(part) });
     tx.send(msg(Part::Signed(header))).await.map_err(drop)?;
-    for chunk in bytes.chunks(CHUNK) {
-        tx.send(msg(Part::Data(chunk.to_vec()))).await.map_err(drop)?;
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = (at + CHUNK).min(bytes.len());
+        tx.send(msg(Part::Data(bytes.slice(at..end)))).await.map_err(drop)?;
+        at = end;
     }
     tx.send(msg(Part::End(pb::ModuleEnd { id }))).await.map_err(drop)
 }
