@@ -399,3 +399,42 @@ fn a_server_killed_mid_batch_leaves_a_whole_audit_log_and_the_client_names_what_
     assert!(records.iter().filter(|r| r["result"] == "signed").count() >= done);
     drop(restarted);
 }
+
+#[test]
+fn sign_image_on_the_service_pushes_a_signed_image_and_audits_every_file() {
+    use support::oci::{self as o, file, Image, Item};
+    use support::registry::{self, Registry};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(&["--data-dir", data.to_str().expect("utf8"), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
+    let reg = Registry::start_plain();
+    let m = modules();
+    let hello = std::fs::read(&m.hello).expect("read");
+    let params = std::fs::read(&m.params).expect("read");
+    let base = format!("/opt/lib/modules/{}", m.abi);
+    let layout = dir.path().join("src");
+    o::write_image(&layout, "v1", &Image::oci(vec![
+        vec![Item::Dir(base.clone()), file(&format!("{base}/a.ko"), hello.clone())],
+        vec![file(&format!("{base}/b.ko"), params.clone())],
+    ]));
+    registry::skopeo_copy(&format!("oci:{}:v1", layout.display()), &format!("docker://{}/mods/src:v1", reg.host()), &reg.skopeo_dest_flags());
+
+    let to = format!("{}/mods/signed:v1", reg.host());
+    let out = output(kforge().args(["sign-image", "--remote", &format!("http://{}", server.addr), "--from", &format!("{}/mods/src:v1", reg.host()), "--to", &to, "--insecure"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("signed 2 files"), "{}", text(&out.stderr));
+    let raw = registry::skopeo_raw_manifest(&format!("docker://{to}"), &reg.skopeo_flags());
+    assert_eq!(o::sha256(&raw), text(&out.stdout).trim());
+
+    let pulled = dir.path().join("pulled");
+    registry::skopeo_copy(&format!("docker://{to}"), &format!("oci:{}:v1", pulled.display()), &reg.skopeo_src_flags());
+    let rootfs = registry::umoci_unpack(&pulled, "v1", &dir.path().join("bundle"));
+    let verify = ok(kforge().args(["verify", "-q", "--cert"]).arg(data.join("dev-signing-cert.der")).arg(rootfs.join(base.trim_start_matches('/'))));
+    assert!(verify.contains("2 verified, 0 failed"), "{verify}");
+    let records: Vec<_> = audit(&data.join("audit.jsonl")).into_iter().filter(|r| r["result"] == "signed").collect();
+    let mut paths: Vec<String> = records.iter().map(|r| r["path"].as_str().expect("path").to_string()).collect();
+    paths.sort();
+    assert_eq!(paths, [format!("{base}/a.ko"), format!("{base}/b.ko")]);
+    assert!(records.iter().all(|r| r["image"].as_str().is_some_and(|i| i.contains("mods/src:v1"))), "{records:?}");
+    assert_eq!(reg.tags("mods/signed"), ["v1"]);
+}
