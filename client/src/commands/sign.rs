@@ -5,29 +5,16 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use kforge_signer::{collect, sign_jobs, sign_jobs_with, BatchOptions, Compression, HashAlgorithm, Job, ModuleInfo, Signed, Signer, SignerIdentifier, SigningKey};
+use kforge_signer::{collect, sign_jobs, sign_jobs_with, BatchOptions, Compression, Job, ModuleInfo, Signed};
 
-use super::{human_bytes, passphrase};
+use super::{human_bytes, KeyArgs};
 use crate::remote::{self, RemoteArgs};
 
 /// Arguments of `kforge sign`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// RSA private key, PEM (KMM's `key`); encrypted keys take their passphrase from KBUILD_SIGN_PIN.
-    #[arg(long, required_unless_present = "remote")]
-    key: Option<PathBuf>,
-    /// Certificate, DER or PEM (KMM's `cert`).
-    #[arg(long, required_unless_present = "remote")]
-    cert: Option<PathBuf>,
-    /// Digest: sha256, sha384, sha512, sha224 or sha1 (deprecated).
-    #[arg(long, default_value = "sha256")]
-    hash: String,
-    /// Name the certificate by subjectKeyIdentifier instead of issuer and serial (sign-file -k).
-    #[arg(long)]
-    key_id: bool,
-    /// Read the key's passphrase from this file instead of KBUILD_SIGN_PIN.
-    #[arg(long)]
-    passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    keys: KeyArgs,
     /// Write signed modules here (paths relative to each input directory) instead of in place.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -47,10 +34,7 @@ pub struct Args {
 /// Loads the key (refusing a mismatch before any module is touched), then signs everything;
 /// with `--remote`, the signing service signs and the files are written here.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let hash: HashAlgorithm = args.hash.parse()?;
-    if hash.is_deprecated() {
-        tracing::warn!("{hash} is deprecated for module signatures; prefer sha256 or stronger");
-    }
+    let hash = args.keys.hash()?;
     let opts = BatchOptions { out_dir: args.out.clone(), fsync: args.fsync };
     let started = Instant::now();
     let collected = collect(&args.paths, &opts);
@@ -65,7 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             anyhow::Ok((client, key))
         })?;
         let handle = runtime.handle().clone();
-        let key_id = args.key_id;
+        let key_id = args.keys.key_id;
         let latencies = std::sync::Mutex::new(Vec::with_capacity(collected.jobs.len()));
         let sign = |job: &Job, bytes: Vec<u8>| {
             let compression = Compression::detect(&bytes);
@@ -86,13 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let pct = |p: usize| l.get((l.len().saturating_sub(1)) * p / 100).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
         (results, format!("key {key_name:?} on {url} ({hash}; per module p50 {:.1} ms, p99 {:.1} ms)", pct(50), pct(99)))
     } else {
-        let (Some(key), Some(cert)) = (&args.key, &args.cert) else {
-            anyhow::bail!("--key and --cert are required (or sign on a service with --remote)");
-        };
-        let pass = passphrase(args.passphrase_file.as_deref())?;
-        let key = SigningKey::load(key, cert, pass.as_deref())?;
-        let id = if args.key_id { SignerIdentifier::KeyId } else { SignerIdentifier::IssuerSerial };
-        let signer = Signer::new(key, hash, id)?;
+        let signer = args.keys.signer()?;
         let pool = rayon_pool(args.jobs)?;
         let results = pool.install(|| sign_jobs(&signer, &collected.jobs, &opts, &on_done));
         let with = format!("{} RSA-{}/{hash}", signer.key().certificate().subject(), signer.key().bits());

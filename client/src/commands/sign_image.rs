@@ -8,20 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use kforge_image::{sign_image, DockerConfig, Event, ImageRef, RegistryOptions, SignImage, Selection};
-use kforge_signer::{HashAlgorithm, Signer, SignerIdentifier, SigningKey};
-
-use super::{human_bytes, passphrase};
+use super::{human_bytes, KeyArgs};
 use crate::remote::{self, RemoteArgs};
 
 /// Arguments of `kforge sign-image`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// RSA private key, PEM (KMM's `key`); encrypted keys take their passphrase from KBUILD_SIGN_PIN.
-    #[arg(long, required_unless_present = "remote")]
-    key: Option<PathBuf>,
-    /// Certificate, DER or PEM (KMM's `cert`).
-    #[arg(long, required_unless_present = "remote")]
-    cert: Option<PathBuf>,
+    #[command(flatten)]
+    keys: KeyArgs,
     /// Image to sign: registry/repo:tag, registry/repo@sha256:…, or oci:DIR[:tag].
     #[arg(long)]
     from: String,
@@ -32,15 +26,6 @@ pub struct Args {
     /// Default: every *.ko, *.ko.xz, *.ko.zst, *.ko.gz under /opt/lib/modules.
     #[arg(long = "files", num_args = 1..)]
     files: Vec<String>,
-    /// Digest: sha256, sha384, sha512, sha224 or sha1 (deprecated).
-    #[arg(long, default_value = "sha256")]
-    hash: String,
-    /// Name the certificate by subjectKeyIdentifier (sign-file -k).
-    #[arg(long)]
-    key_id: bool,
-    /// Read the key's passphrase from this file instead of KBUILD_SIGN_PIN.
-    #[arg(long)]
-    passphrase_file: Option<PathBuf>,
     /// Registry credentials in docker config.json / .dockerconfigjson form
     /// (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json).
     #[arg(long)]
@@ -69,22 +54,13 @@ pub struct Args {
 
 /// Loads the key, signs the image and prints the pushed digest.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let hash: HashAlgorithm = args.hash.parse()?;
-    if hash.is_deprecated() {
-        tracing::warn!("{hash} is deprecated for module signatures; prefer sha256 or stronger");
-    }
     let from: ImageRef = args.from.parse()?;
     let to: ImageRef = args.to.parse()?;
     if args.remote.remote.is_some() {
+        args.keys.hash()?;
         return run_remote(&args);
     }
-    let (Some(key), Some(cert)) = (&args.key, &args.cert) else {
-        anyhow::bail!("--key and --cert are required (or sign on a service with --remote)");
-    };
-    let pass = passphrase(args.passphrase_file.as_deref())?;
-    let key = SigningKey::load(key, cert, pass.as_deref())?;
-    let id = if args.key_id { SignerIdentifier::KeyId } else { SignerIdentifier::IssuerSerial };
-    let signer = Arc::new(Signer::new(key, hash, id)?);
+    let signer = Arc::new(args.keys.signer()?);
 
     let mut registries = RegistryOptions {
         credentials: match &args.auth_file {
@@ -139,12 +115,12 @@ fn run_remote(args: &Args) -> anyhow::Result<ExitCode> {
             from: args.from.clone(),
             to: args.to.clone(),
             key,
-            hash: args.hash.clone(),
+            hash: args.keys.hash.clone(),
             files: args.files.clone(),
             docker_config_json: docker_config_json.into(),
             insecure: args.insecure,
             insecure_skip_tls_verify: args.insecure_skip_tls_verify,
-            key_id: args.key_id,
+            key_id: args.keys.key_id,
         };
         let mut stream = client.sign_image(req).await.map_err(remote::status_error)?.into_inner();
         while let Some(ev) = stream.message().await.map_err(remote::status_error)? {
