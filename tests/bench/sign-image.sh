@@ -91,59 +91,10 @@ fi
 [[ -x $KFORGE ]] || die "kforge binary not found at $KFORGE"
 KFORGE=$(realpath "$KFORGE")
 
-# --- 2. The pristine corpus (shared with sign-corpus.sh) ---
-deb=$(ls "$corpus_dir/${pkg}"_*.deb 2>/dev/null | head -n1 || true)
-if [[ -z $deb ]]; then
-    log "downloading $pkg"
-    (cd "$corpus_dir" && apt-get download "$pkg") ||
-        { log "download failed; running apt-get update"; apt-get update -qq; (cd "$corpus_dir" && apt-get download "$pkg"); }
-    deb=$(ls "$corpus_dir/${pkg}"_*.deb | head -n1)
-fi
-log "using $(basename "$deb")"
-pristine="$corpus_dir/pristine-$abi"
-stamp="$pristine.stamp"
-if [[ ! -f $stamp || $(cat "$stamp") != "$(basename "$deb")" ]]; then
-    log "extracting and stripping signatures into $pristine"
-    rm -rf "$pristine" "$stamp" "$corpus_dir/extract.tmp" "$corpus_dir/pristine.tmp"
-    dpkg-deb -x "$deb" "$corpus_dir/extract.tmp"
-    [[ -d $corpus_dir/extract.tmp/lib/modules/$abi ]] || die "no lib/modules/$abi in $deb"
-    mv "$corpus_dir/extract.tmp/lib/modules/$abi" "$corpus_dir/pristine.tmp"
-    rm -rf "$corpus_dir/extract.tmp"
-    find "$corpus_dir/pristine.tmp" -name '*.ko.xz' -exec xz -d {} +
-    find "$corpus_dir/pristine.tmp" -name '*.ko.zst' -exec zstd -q -d --rm {} +
-    find "$corpus_dir/pristine.tmp" -name '*.ko.gz' -exec gzip -d {} +
-    find "$corpus_dir/pristine.tmp" ! -type d ! -name '*.ko' -delete
-    python3 - "$corpus_dir/pristine.tmp" <<'EOF'
-# Remove every appended module signature: [CMS][12-byte struct, be32 sig_len last][magic].
-import os, struct, sys
-MAGIC = b"~Module signature appended~\n"
-stripped = unsigned = 0
-for root, _, files in os.walk(sys.argv[1]):
-    for name in files:
-        if not name.endswith(".ko"):
-            continue
-        path = os.path.join(root, name)
-        with open(path, "rb") as f:
-            data = f.read()
-        n = 0
-        while data.endswith(MAGIC):
-            (sig_len,) = struct.unpack(">I", data[-len(MAGIC) - 4:-len(MAGIC)])
-            cut = sig_len + 12 + len(MAGIC)
-            if cut > len(data):
-                sys.exit(f"{path}: sig_len {sig_len} larger than the file")
-            data = data[:-cut]
-            n += 1
-        if n:
-            stripped += 1
-            with open(path, "wb") as f:
-                f.write(data)
-        else:
-            unsigned += 1
-print(f"stripped signatures from {stripped} modules ({unsigned} were unsigned)", file=sys.stderr)
-EOF
-    mv "$corpus_dir/pristine.tmp" "$pristine"
-    basename "$deb" >"$stamp"
-fi
+# --- 2. The pristine corpus: prepared (and cached) by sign-corpus.sh ---
+pristine=$(BENCH_DIR="$corpus_dir" KFORGE="$KFORGE" PREPARE_ONLY=1 "$repo/tests/bench/sign-corpus.sh")
+[[ -d $pristine ]] || die "sign-corpus.sh did not prepare the corpus"
+deb_name=$(cat "$pristine.stamp")
 modules=$(find "$pristine" -name '*.ko' | wc -l)
 corpus_bytes=$(find "$pristine" -name '*.ko' -printf '%s\n' | awk '{ s += $1 } END { print s }')
 ((modules > 0)) || die "no modules in $pristine"
@@ -219,7 +170,7 @@ blob_bytes() { if [[ -d $blobs_dir ]]; then du -sb "$blobs_dir" | cut -f1; else 
 # --- 5. The unsigned image: one layer with the corpus under /opt/lib/modules/<ABI> (cached) ---
 oci=$W/unsigned-oci
 oci_stamp="$oci.stamp"
-if [[ ! -f $oci_stamp || $(cat "$oci_stamp") != "$(basename "$deb")" ]]; then
+if [[ ! -f $oci_stamp || $(cat "$oci_stamp") != "$deb_name" ]]; then
     log "building the unsigned OCI layout with umoci"
     rm -rf "$oci" "$oci_stamp" "$W/unsigned-oci.tmp" "$W/bundle.tmp"
     umoci init --layout "$W/unsigned-oci.tmp"
@@ -230,7 +181,7 @@ if [[ ! -f $oci_stamp || $(cat "$oci_stamp") != "$(basename "$deb")" ]]; then
     umoci repack --image "$W/unsigned-oci.tmp:unsigned" "$W/bundle.tmp"
     rm -rf "$W/bundle.tmp"
     mv "$W/unsigned-oci.tmp" "$oci"
-    basename "$deb" >"$oci_stamp"
+    echo "$deb_name" >"$oci_stamp"
 fi
 log "pushing the unsigned image to $reg/bench/modules:unsigned"
 skopeo copy -q --dest-tls-verify=false "oci:$oci:unsigned" "docker://$reg/bench/modules:unsigned"
@@ -463,7 +414,7 @@ cpu=$(grep -m1 '^model name' /proc/cpuinfo | sed 's/^model name[[:space:]]*:[[:s
 kmm_mem_mb=$(kb_mb "$((hwm_d1 + hwm_c1))")
 cat <<EOF
 
-Image: $modules modules of Debian's \`$pkg\` ($(basename "$deb" .deb | cut -d_ -f2)), Debian signatures stripped, $(mb "$corpus_bytes") MB,
+Image: $modules modules of Debian's \`$pkg\` ($(basename "$deb_name" .deb | cut -d_ -f2)), Debian signatures stripped, $(mb "$corpus_bytes") MB,
 one layer under /opt/lib/modules/$abi ($(mb "$unsigned_layer_size") MB gzip). RSA-2048 / SHA-256. Registry: Distribution $(docker-registry --version 2>/dev/null | awk '{ print $3 }') on $reg.
 Machine: $cpu, nproc = $jobs; 1-min load average before A: $load_a, before B: $load_b; at the end: $(cut -d' ' -f1-3 /proc/loadavg).
 kforge: $kf_summary

@@ -45,6 +45,9 @@ pub struct Args {
     /// Also write the pushed digest to this file.
     #[arg(long)]
     digest_file: Option<PathBuf>,
+    /// gzip level of the new layer (1 fastest … 9 smallest).
+    #[arg(long, default_value_t = kforge_image::DEFAULT_GZIP_LEVEL, value_parser = clap::value_parser!(u32).range(1..=9))]
+    gzip_level: u32,
     /// Directory for temporary files (layers being copied, the new layer).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -76,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         registries.add_ca_file(ca)?;
     }
     let selection = if args.files.is_empty() { Selection::Default } else { Selection::Files(args.files.clone()) };
-    let req = SignImage { from, to: to.clone(), selection, signer, registries, work_dir: args.work_dir.clone(), audit: None };
+    let req = SignImage { from, to: to.clone(), selection, signer, registries, work_dir: args.work_dir.clone(), audit: None, gzip_level: args.gzip_level };
 
     let verbose = std::io::stderr().is_terminal() || std::env::var_os("KFORGE_PROGRESS").is_some();
     let events: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e| report(&e, verbose));

@@ -99,6 +99,7 @@ impl Layout {
         let dir = self.dir.join("blobs/sha256");
         let tmp = tempfile::Builder::new().prefix(".kforge-").tempfile_in(&dir).map_err(Error::io(&dir, "create a temporary file in"))?;
         std::fs::copy(src, tmp.path()).map_err(Error::io(src, "copy blob"))?;
+        readable(tmp.as_file(), tmp.path())?;
         tmp.persist(&dst).map_err(|e| Error::Io { path: dst.clone(), op: "store blob", cause: e.error })?;
         Ok(())
     }
@@ -138,6 +139,13 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new().prefix(".kforge-").tempfile_in(dir).map_err(Error::io(dir, "create a temporary file in"))?;
     tmp.write_all(bytes).map_err(Error::io(tmp.path(), "write"))?;
+    readable(tmp.as_file(), tmp.path())?;
     tmp.persist(path).map_err(|e| Error::Io { path: path.into(), op: "replace", cause: e.error })?;
     Ok(())
+}
+
+/// Layout files are world-readable, like those other tools write (temporary files start at 0600).
+fn readable(file: &std::fs::File, path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(Error::io(path, "set permissions on"))
 }

@@ -20,6 +20,8 @@ use crate::manifest::{self, Descriptor, Doc, DocKind};
 use crate::reference::ImageRef;
 use crate::registry::RegistryOptions;
 use crate::select::Selection;
+use crate::presign::{Failure, Presigner};
+use crate::spool::Spool;
 use crate::store::Store;
 use crate::tree::{self, Kind, LayerChanges, Node, Tree, Whiteout};
 
@@ -42,7 +44,13 @@ pub struct SignImage {
     pub work_dir: Option<PathBuf>,
     /// Called for every file signed, before anything is pushed; an error aborts the request.
     pub audit: Option<AuditHook>,
+    /// gzip level of the new layer, 1 to 9.
+    pub gzip_level: u32,
 }
+
+/// The default gzip level of the new layer: on the 394 MB module corpus, level 3 makes a layer 5%
+/// larger than level 6 in about two thirds of the time.
+pub const DEFAULT_GZIP_LEVEL: u32 = 3;
 
 /// What the audit hook learns about each signed file.
 #[derive(Debug, Clone)]
@@ -224,10 +232,10 @@ async fn prepare(req: &SignImage, src: &Store, dst: &Store, doc: &Doc, name: &st
     let (config_desc, layers) = manifest::image_parts(doc, name)?;
     events(Event::Image { platform: platform.to_string(), layers: layers.len() });
     let config = read_small_blob(src, &config_desc, name).await?;
-    let spool = tempfile::Builder::new().prefix("spool-").tempdir_in(work).map_err(Error::io(work, "create a spool directory in"))?;
+    let spool = Arc::new(Spool::new(work)?);
+    let presign = Presigner::new(req.signer.clone(), spool.clone(), req.audit.is_some());
 
     let mut tree = Tree::default();
-    let mut next_spool = 0usize;
     let mut copies = Vec::new();
     for layer in &layers {
         let present = dst.has_blob(&layer.digest).await?;
@@ -235,10 +243,9 @@ async fn prepare(req: &SignImage, src: &Store, dst: &Store, doc: &Doc, name: &st
         let reader = src.blob(&layer.digest).await?;
         let bridge = tokio_util::io::SyncIoBridge::new(reader);
         let tee_file = tee.as_ref().map(|t| t.reopen()).transpose().map_err(Error::io(work, "open a temporary file"))?;
-        let ctx = LayerCtx { digest: layer.digest.clone(), selection: req.selection.clone(), spool: spool.path().to_path_buf() };
-        let (t, n, digest, size) = tokio::task::spawn_blocking(move || read_layer(bridge, tee_file, &ctx, tree, next_spool)).await??;
+        let ctx = LayerCtx { digest: layer.digest.clone(), selection: req.selection.clone(), spool: spool.clone(), presign: presign.clone() };
+        let (t, digest, size) = tokio::task::spawn_blocking(move || read_layer(bridge, tee_file, &ctx, tree)).await??;
         tree = t;
-        next_spool = n;
         if digest != layer.digest || size != layer.size {
             return Err(Error::DigestMismatch { what: format!("{name} layer {} ({} bytes declared, {size} read)", layer.digest, layer.size), expected: layer.digest.clone(), actual: digest });
         }
@@ -254,9 +261,8 @@ async fn prepare(req: &SignImage, src: &Store, dst: &Store, doc: &Doc, name: &st
         let mut found: HashMap<String, usize> = HashMap::new();
         for layer in &layers {
             let bridge = tokio_util::io::SyncIoBridge::new(src.blob(&layer.digest).await?);
-            let (wanted, spool_dir, digest) = (missing.clone(), spool.path().to_path_buf(), layer.digest.clone());
-            let (hits, n) = tokio::task::spawn_blocking(move || spool_paths(bridge, &wanted, &spool_dir, &digest, next_spool)).await??;
-            next_spool = n;
+            let (wanted, sp, digest) = (missing.clone(), spool.clone(), layer.digest.clone());
+            let hits = tokio::task::spawn_blocking(move || spool_paths(bridge, &wanted, &sp, &digest)).await??;
             found.extend(hits);
         }
         for s in &mut selected {
@@ -265,15 +271,15 @@ async fn prepare(req: &SignImage, src: &Store, dst: &Store, doc: &Doc, name: &st
             }
         }
     }
-    let signer = req.signer.clone();
     let image = name.to_string();
-    let spool_dir = spool.path().to_path_buf();
     let ev = events.clone();
     let audit = req.audit.clone();
-    let mut entries = tokio::task::spawn_blocking(move || sign_selected(&signer, &selected, &spool_dir, &image, &ev, audit.as_ref())).await??;
+    let ps = presign.clone();
+    let mut entries = tokio::task::spawn_blocking(move || sign_selected(&ps, &selected, &image, &ev, audit.as_ref())).await??;
     let signed: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
-    let layer_dir = work.to_path_buf();
-    let layer = tokio::task::spawn_blocking(move || layer_append::build(&mut entries, &layer_dir)).await??;
+    let (layer_dir, sp) = (work.to_path_buf(), spool.clone());
+    let level = req.gzip_level;
+    let layer = tokio::task::spawn_blocking(move || layer_append::build(&mut entries, &sp, &layer_dir, level)).await??;
     drop(spool);
 
     let subject = req.signer.key().certificate().subject();
@@ -355,7 +361,8 @@ async fn copy_blob(src: &Store, dst: &Store, d: &Descriptor, copy: Option<&tempf
 struct LayerCtx {
     digest: String,
     selection: Selection,
-    spool: PathBuf,
+    spool: Arc<Spool>,
+    presign: Arc<Presigner>,
 }
 
 /// Copies everything read into a file as well.
@@ -388,7 +395,7 @@ fn decoder<'a>(buf: &'a mut BufReader<impl Read>, layer: &str) -> Result<Box<dyn
 }
 
 /// Keeps the content of the regular files at exactly `wanted` paths in one layer.
-fn spool_paths(reader: impl Read, wanted: &HashSet<String>, spool: &Path, layer: &str, mut next: usize) -> Result<(Vec<(String, usize)>, usize), Error> {
+fn spool_paths(reader: impl Read, wanted: &HashSet<String>, spool: &Spool, layer: &str) -> Result<Vec<(String, usize)>, Error> {
     let layer_err = |reason: String| Error::Layer { layer: layer.to_string(), reason };
     let mut buf = BufReader::with_capacity(1 << 20, reader);
     let mut hits = Vec::new();
@@ -401,19 +408,17 @@ fn spool_paths(reader: impl Read, wanted: &HashSet<String>, spool: &Path, layer:
         let raw = entry.path().map_err(|e| layer_err(format!("bad entry name: {e}")))?.to_string_lossy().into_owned();
         let Ok(path) = tree::normalize(&raw) else { continue };
         if wanted.contains(&path) {
-            let target = spool.join(next.to_string());
-            let mut f = File::create(&target).map_err(Error::io(&target, "create spool file"))?;
-            io::copy(&mut entry, &mut f).map_err(|e| layer_err(format!("{path}: cannot read content: {e}")))?;
-            hits.push((path, next));
-            next += 1;
+            let size = entry.size();
+            let id = spool.add_reader(&mut entry, size).map_err(|e| layer_err(format!("{path}: cannot keep content: {e}")))?;
+            hits.push((path, id));
         }
     }
-    Ok((hits, next))
+    Ok(hits)
 }
 
 /// Streams one layer: hashes it, keeps a copy if asked, applies its entries to the tree and spools
 /// the content of files that may be signed.
-fn read_layer(reader: impl Read, tee: Option<File>, ctx: &LayerCtx, mut tree: Tree, mut next: usize) -> Result<(Tree, usize, String, u64), Error> {
+fn read_layer(reader: impl Read, tee: Option<File>, ctx: &LayerCtx, mut tree: Tree) -> Result<(Tree, String, u64), Error> {
     let layer_err = |reason: String| Error::Layer { layer: ctx.digest.clone(), reason };
     let io_err = |e: io::Error| layer_err(format!("cannot read: {e}"));
     let tee = Tee { inner: reader, copy: tee.map(|f| io::BufWriter::with_capacity(1 << 20, f)) };
@@ -445,11 +450,8 @@ fn read_layer(reader: impl Read, tee: Option<File>, ctx: &LayerCtx, mut tree: Tr
                     let size = h.size().unwrap_or(0);
                     let node_meta = meta(Kind::File { spool: None, size });
                     let spool = if ctx.selection.wants(&path) {
-                        let id = next;
-                        next += 1;
-                        let target = ctx.spool.join(id.to_string());
-                        let mut f = File::create(&target).map_err(Error::io(&target, "create spool file"))?;
-                        io::copy(&mut entry, &mut f).map_err(|e| layer_err(format!("{path}: cannot read content: {e}")))?;
+                        let id = ctx.spool.add_reader(&mut entry, size).map_err(|e| layer_err(format!("{path}: cannot read content: {e}")))?;
+                        ctx.presign.start(id);
                         Some(id)
                     } else {
                         None
@@ -482,37 +484,35 @@ fn read_layer(reader: impl Read, tee: Option<File>, ctx: &LayerCtx, mut tree: Tr
         copy.flush().map_err(|e| layer_err(format!("cannot keep a copy for the upload: {e}")))?;
     }
     tree.apply(changes);
-    Ok((tree, next, digest, size))
+    Ok((tree, digest, size))
 }
 
-/// Signs the selected files (in parallel), writing signed copies into the spool directory.
-fn sign_selected(signer: &Signer, selected: &[crate::select::Selected], spool: &Path, image: &str, events: &Events, audit: Option<&AuditHook>) -> Result<Vec<Entry>, Error> {
+/// Collects the signatures of the selected files (signing any not started yet), audits them and
+/// reports them, in parallel.
+fn sign_selected(presign: &Presigner, selected: &[crate::select::Selected], image: &str, events: &Events, audit: Option<&AuditHook>) -> Result<Vec<Entry>, Error> {
     selected
         .par_iter()
-        .enumerate()
-        .map(|(i, s)| {
+        .map(|s| {
             let Kind::File { spool: Some(id), .. } = s.node.kind else {
                 return Err(Error::Escape { path: s.path.clone(), reason: format!("{image}: no layer holds this file's content (a hard link to a file outside the layer?)") });
             };
-            let src = spool.join(id.to_string());
-            let bytes = std::fs::read(&src).map_err(Error::io(&src, "read spooled file"))?;
-            let sha256_in = audit.map(|_| crate::digest::of(&bytes));
-            let signed = signer.sign(bytes).map_err(|error| Error::Sign { image: image.into(), path: s.path.clone(), error: Box::new(error) })?;
-            if let (Some(hook), Some(sha256_in)) = (audit, sha256_in) {
+            let signed = presign.take(id).map_err(|f| match f {
+                Failure::Signer(error) => Error::Sign { image: image.into(), path: s.path.clone(), error: Box::new(error) },
+                Failure::Spool(cause) => Error::Stream { what: format!("{image}: {} kept on disk", s.path), cause },
+            })?;
+            if let (Some(hook), Some((sha256_in, sha256_out))) = (audit, &signed.digests) {
                 let record = SignedFile {
                     image: image.to_string(),
                     path: s.path.clone(),
-                    module_name: signed.info.name.clone(),
-                    vermagic: signed.info.vermagic.clone(),
-                    sha256_in: sha256_in.trim_start_matches("sha256:").to_string(),
-                    sha256_out: crate::digest::of(&signed.bytes).trim_start_matches("sha256:").to_string(),
+                    module_name: signed.module_name.clone(),
+                    vermagic: signed.vermagic.clone(),
+                    sha256_in: sha256_in.clone(),
+                    sha256_out: sha256_out.clone(),
                 };
                 hook(&record).map_err(|reason| Error::Audit { path: s.path.clone(), reason })?;
             }
-            let out = spool.join(format!("signed-{i}"));
-            std::fs::write(&out, &signed.bytes).map_err(Error::io(&out, "write signed file"))?;
             events(Event::Signed { path: s.path.clone() });
-            Ok(Entry { path: s.path.clone(), node: s.node.clone(), content: out })
+            Ok(Entry { path: s.path.clone(), node: s.node.clone(), content: signed.content })
         })
         .collect()
 }
