@@ -51,7 +51,10 @@ pub type Client = SignerClient<InterceptedService<Channel, Token>>;
 /// Connects to the service described by `args` (which must name `--remote`).
 pub async fn connect(args: &RemoteArgs) -> anyhow::Result<Client> {
     let url = args.remote.clone().context("--remote URL is required")?;
-    let mut endpoint = Channel::from_shared(url.clone()).with_context(|| format!("invalid service URL {url:?}"))?;
+    let mut endpoint = Channel::from_shared(url.clone())
+        .with_context(|| format!("invalid service URL {url:?}"))?
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20);
     if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new().with_enabled_roots();
         if let Some(ca) = &args.ca {
@@ -98,50 +101,99 @@ pub struct SignedRemote {
     pub vermagic: String,
 }
 
-/// Signs one module over its own SignModules stream. Uncompressed modules are signed detached:
-/// only the appended signature comes back, and it is appended here to the module with any old
-/// signatures stripped (the same bytes, half the traffic).
-pub async fn sign_module(client: &Client, id: &str, key: &str, hash: &str, key_id: bool, module: Vec<u8>) -> Result<SignedRemote, kforge_signer::Error> {
+/// Long-lived SignModules streams, one per concurrent caller, reused module after module: a
+/// stream per module would pay for a request (authentication, admission, a task) every time.
+pub struct Streams {
+    client: Client,
+    idle: std::sync::Mutex<Vec<Stream>>,
+}
+
+struct Stream {
+    tx: tokio::sync::mpsc::Sender<pb::SignModulesRequest>,
+    rx: tonic::Streaming<pb::SignModulesResponse>,
+}
+
+impl Streams {
+    pub fn new(client: Client) -> Self {
+        Streams { client, idle: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    async fn open(&self) -> Result<Stream, kforge_signer::Error> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut client = self.client.clone();
+        let rx = client.sign_modules(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(service_error)?.into_inner();
+        Ok(Stream { tx, rx })
+    }
+
+    /// Signs one module. Uncompressed modules are signed detached: only the appended signature
+    /// comes back, and it is appended here to the module with any old signatures stripped (the
+    /// same bytes, half the traffic).
+    pub async fn sign(&self, id: &str, key: &str, hash: &str, key_id: bool, module: Vec<u8>) -> Result<SignedRemote, kforge_signer::Error> {
+        let reused = self.idle.lock().ok().and_then(|mut i| i.pop());
+        let mut stream = match reused {
+            Some(s) => s,
+            None => self.open().await?,
+        };
+        let result = exchange(&mut stream, id, key, hash, key_id, bytes::Bytes::from(module)).await;
+        // A stream that failed at the transport level is dropped; one that carried a per-module
+        // error goes back to the pool.
+        if !matches!(&result, Err(Transport(_))) {
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.push(stream);
+            }
+        }
+        result.map_err(|e| match e {
+            Transport(e) | Module(e) => e,
+        })
+    }
+}
+
+enum Failure {
+    Transport(kforge_signer::Error),
+    Module(kforge_signer::Error),
+}
+use Failure::{Module, Transport};
+
+/// Sends one module on a stream and reads its answer.
+async fn exchange(stream: &mut Stream, id: &str, key: &str, hash: &str, key_id: bool, module: bytes::Bytes) -> Result<SignedRemote, Failure> {
     use pb::sign_modules_request::Part;
-    let module = bytes::Bytes::from(module);
-    let start = pb::ModuleStart { id: id.to_string(), key: key.to_string(), hash: hash.to_string(), key_id, size: module.len() as u64, detached: true };
+    use pb::sign_modules_response::Part as R;
+    let closed = || Transport(kforge_signer::Error::Service { code: "Unavailable".into(), message: "the service closed the stream".into() });
     let msg = |p| pb::SignModulesRequest { part: Some(p) };
-    let mut parts = vec![msg(Part::Start(start))];
+    let start = pb::ModuleStart { id: id.to_string(), key: key.to_string(), hash: hash.to_string(), key_id, size: module.len() as u64, detached: true };
+    stream.tx.send(msg(Part::Start(start))).await.map_err(|_| closed())?;
     let mut at = 0;
     while at < module.len() {
         let end = (at + CHUNK).min(module.len());
-        parts.push(msg(Part::Data(module.slice(at..end))));
+        stream.tx.send(msg(Part::Data(module.slice(at..end)))).await.map_err(|_| closed())?;
         at = end;
     }
-    parts.push(msg(Part::End(pb::ModuleEnd { id: id.to_string() })));
-    let mut client = client.clone();
-    let mut stream = client.sign_modules(tokio_stream::iter(parts)).await.map_err(service_error)?.into_inner();
+    stream.tx.send(msg(Part::End(pb::ModuleEnd { id: id.to_string() }))).await.map_err(|_| closed())?;
     let mut out = Vec::new();
     let mut header = None;
-    while let Some(msg) = stream.message().await.map_err(service_error)? {
-        use pb::sign_modules_response::Part as R;
-        match msg.part {
+    loop {
+        let Some(m) = stream.rx.message().await.map_err(|s| Transport(service_error(s)))? else { return Err(closed()) };
+        match m.part {
             Some(R::Signed(h)) => {
                 out.reserve(h.size as usize);
                 header = Some(h);
             }
             Some(R::Data(d)) => out.extend_from_slice(&d),
-            // Read on to the end of the response: dropping a stream early resets it, and h2
-            // counts those resets against the connection.
-            Some(R::End(_)) => {}
+            Some(R::End(_)) => break,
             Some(R::Error(e)) => {
                 let code = format!("{:?}", tonic::Code::from(e.code));
-                return Err(kforge_signer::Error::Service { code, message: e.message });
+                return Err(Module(kforge_signer::Error::Service { code, message: e.message }));
             }
             None => {}
         }
     }
-    let h = header.ok_or_else(|| kforge_signer::Error::Service { code: "Internal".into(), message: "the service ended the stream without a signed module".into() })?;
-    if out.len() as u64 != h.size {
-        return Err(kforge_signer::Error::Service { code: "DataLoss".into(), message: format!("expected {} bytes, received {}", h.size, out.len()) });
+    let protocol = |message: String| Transport(kforge_signer::Error::Service { code: "DataLoss".into(), message });
+    let h = header.ok_or_else(|| protocol("a module ended without its signed header".into()))?;
+    if h.id != id || out.len() as u64 != h.size {
+        return Err(protocol(format!("expected {} bytes for {id}, received {} for {}", h.size, out.len(), h.id)));
     }
     let bytes = if h.detached {
-        let (bare, _) = kforge_signer::trailer::strip_all(&module)?;
+        let (bare, _) = kforge_signer::trailer::strip_all(&module).map_err(Module)?;
         let mut whole = Vec::with_capacity(bare.len() + out.len());
         whole.extend_from_slice(bare);
         whole.extend_from_slice(&out);

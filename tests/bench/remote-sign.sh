@@ -17,7 +17,7 @@ work=$(cd "$work" && pwd)
 KFORGE=${KFORGE:-target/release/kforge}
 [[ -x $KFORGE ]] || cargo build --release --locked -p kforge
 KFORGE=$(realpath "$KFORGE")
-JOBS=${JOBS:-8}
+JOBS=${JOBS:-16}
 
 # The stripped corpus of Debian's current linux-image-<ABI>-amd64-unsigned (shared with sign-corpus.sh).
 pristine=$(BENCH_DIR="$work" KFORGE="$KFORGE" PREPARE_ONLY=1 tests/bench/sign-corpus.sh)
@@ -106,7 +106,7 @@ cpu=$(grep -m1 '^model name' /proc/cpuinfo | sed 's/^model name[[:space:]]*:[[:s
 cat <<EOF
 
 Corpus: $modules modules, $mb MB (stripped linux-image-*-unsigned); machine: $cpu, nproc = $(nproc); load: $(cut -d' ' -f1-3 /proc/loadavg).
-Remote: kforge serve with mutual TLS on loopback, client with $JOBS workers, one stream per module, audit fsync'd per group.
+Remote: kforge serve with mutual TLS on loopback, client with $JOBS workers, one long-lived stream per worker, audit fsync'd per group.
 
 | mode | wall s | throughput MB/s | per-module p50 | per-module p99 | server peak RSS | byte-identical | audit lines |
 | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |

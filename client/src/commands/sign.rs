@@ -49,20 +49,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             anyhow::Ok((client, key))
         })?;
         let handle = runtime.handle().clone();
+        let streams = remote::Streams::new(client);
         let key_id = args.keys.key_id;
         let latencies = std::sync::Mutex::new(Vec::with_capacity(collected.jobs.len()));
         let sign = |job: &Job, bytes: Vec<u8>| {
             let compression = Compression::detect(&bytes);
             let id = job.src.display().to_string();
             let t = Instant::now();
-            let r = handle.block_on(remote::sign_module(&client, &id, &key_name, hash.name(), key_id, bytes))?;
+            let r = handle.block_on(streams.sign(&id, &key_name, hash.name(), key_id, bytes))?;
             if let Ok(mut l) = latencies.lock() {
                 l.push(t.elapsed());
             }
             Ok(Signed { bytes: r.bytes, info: ModuleInfo { name: r.module_name, vermagic: r.vermagic, fields: vec![] }, replaced: 0, compression })
         };
         // Remote signing waits on the network more than on the CPU: more workers by default.
-        let pool = rayon_pool(Some(args.jobs.unwrap_or(8)))?;
+        let pool = rayon_pool(Some(args.jobs.unwrap_or(16)))?;
         let results = pool.install(|| sign_jobs_with(&collected.jobs, &opts, &on_done, &sign));
         let url = args.remote.remote.clone().unwrap_or_default();
         let mut l = latencies.into_inner().unwrap_or_default();

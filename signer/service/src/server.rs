@@ -81,7 +81,12 @@ pub async fn serve(config: Config) -> Result<Running, Error> {
         .build_v1()
         .map_err(|e| Error::Serve { what: "server reflection".into(), cause: e.to_string() })?;
 
-    let mut builder = Server::builder();
+    // Modules are large: wide HTTP/2 windows and big frames avoid a flow-control round trip and a
+    // wake-up every 64 KiB.
+    let mut builder = Server::builder()
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20)
+        .max_frame_size(1 << 20);
     if let Some(tls) = &config.tls {
         let identity = Identity::from_pem(read(&tls.cert, "read TLS certificate")?, read(&tls.key, "read TLS key")?);
         let mut tls_cfg = ServerTlsConfig::new().identity(identity);

@@ -7,7 +7,6 @@ use std::time::Instant;
 use kforge_proto::signer::v1 as pb;
 use kforge_proto::signer::v1::signer_server::Signer as SignerApi;
 use kforge_signer::{HashAlgorithm, Signer, SignerIdentifier};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -319,7 +318,11 @@ async fn sign_one(state: &Arc<State>, caller: &Caller, request_id: &str, start: 
     let (audit, who, rid, metrics) = (state.audit.clone(), caller.name().to_string(), request_id.to_string(), state.metrics.clone());
     tokio::task::spawn_blocking(move || {
         let signer = Signer::new(key.signing.clone(), hash, id).map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let sha256_in = hex::encode(Sha256::digest(&bytes));
+        // One pass of SHA-256 for both audit digests where the output only extends the input
+        // (an unsigned, uncompressed module); a full second pass otherwise.
+        let mut hasher = openssl::sha::Sha256::new();
+        hasher.update(&bytes);
+        let sha256_in = hex::encode(hasher.clone().finish());
         let size_in = bytes.len() as u64;
         let signed = match signer.sign(bytes) {
             Ok(s) => s,
@@ -328,7 +331,13 @@ async fn sign_one(state: &Arc<State>, caller: &Caller, request_id: &str, start: 
                 return Err(Status::new(code_of(&e), format!("{}: {e}", start.id)));
             }
         };
-        let sha256_out = hex::encode(Sha256::digest(&signed.bytes));
+        let extends_input = signed.compression == kforge_signer::Compression::None && signed.replaced == 0 && signed.bytes.len() as u64 >= size_in;
+        let sha256_out = if extends_input {
+            hasher.update(&signed.bytes[size_in as usize..]);
+            hex::encode(hasher.finish())
+        } else {
+            hex::encode(openssl::sha::sha256(&signed.bytes))
+        };
         let mut rec = Record::new(&rid, &who, &key.name, "signed");
         rec.module = Some(signed.info.name.clone());
         rec.vermagic = Some(signed.info.vermagic.clone());
