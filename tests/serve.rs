@@ -17,20 +17,25 @@ use support::*;
 struct Server {
     pub child: Child,
     addr: String,
+    metrics: Option<String>,
 }
 
 impl Server {
     fn start(args: &[&str]) -> Server {
         let mut child = kforge().arg("serve").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start kforge serve");
         let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read");
+        reader.read_line(&mut line).expect("read");
         let Some(addr) = line.trim().strip_prefix("kforge signer listening on ").map(str::to_string) else {
             let _ = child.kill();
             let out = child.wait_with_output().expect("wait");
             panic!("kforge serve did not start: {line}\n{}", text(&out.stderr));
         };
-        Server { child, addr }
+        let mut second = String::new();
+        reader.read_line(&mut second).expect("read");
+        let metrics = second.trim().strip_prefix("metrics on ").map(str::to_string);
+        Server { child, addr, metrics }
     }
 
     fn rss_peak_kb(&self) -> u64 {
@@ -175,6 +180,12 @@ fn a_real_server_signs_like_sign_file_for_certificate_and_token_callers() {
     assert_eq!(signed[1]["identity"], "token:ci");
     assert_eq!(signed[1]["vermagic"].as_str().and_then(|v| v.split_whitespace().next()), Some(m.abi.as_str()));
     assert_eq!(signed[1]["sha256_out"].as_str(), Some(oci::sha256(&expected_params).trim_start_matches("sha256:")));
+
+    let metrics = ok(Command::new("curl").args(["-sf", server.metrics.as_deref().expect("metrics address")]));
+    assert!(metrics.contains("kforge_signer_signatures_total{key=\"prod\",result=\"signed\"} 3"), "{metrics}");
+    assert!(metrics.contains("kforge_signer_sign_duration_seconds_count 3"), "{metrics}");
+    let health = ok(Command::new("curl").args(["-sf", &server.metrics.as_deref().expect("metrics").replace("/metrics", "/healthz")]));
+    assert_eq!(health.trim(), "ok");
 }
 
 #[test]

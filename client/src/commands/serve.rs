@@ -51,6 +51,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let mut running = kforge_signer_service::serve(config).await?;
         println!("kforge signer listening on {}", running.addr);
+        match running.metrics_addr {
+            Some(m) => println!("metrics on http://{m}/metrics"),
+            None => println!("metrics disabled"),
+        }
         let stop = running.shutdown_handle();
         tokio::spawn(async move {
             wait_for_signal().await;

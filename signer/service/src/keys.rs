@@ -117,3 +117,35 @@ impl KeyStore {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &std::path::Path, subject: &str) {
+        let pair = kforge_signer::generate_key_pair(&kforge_signer::KeygenOptions { subject: subject.into(), bits: 2048, days: 1 }).expect("keygen");
+        std::fs::write(dir.join("key"), pair.key.private_key_to_pem_pkcs8().expect("pem")).expect("write key");
+        std::fs::write(dir.join("cert"), pair.cert.to_der().expect("der")).expect("write cert");
+    }
+
+    #[test]
+    fn changed_key_files_are_reloaded_and_broken_ones_keep_the_old_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_pair(dir.path(), "CN=first");
+        let cfg = KeyConfig { name: "k".into(), key: None, cert: None, secret_dir: Some(dir.path().into()), passphrase_file: None, allow: vec!["*".into()] };
+        let store = KeyStore::load(std::slice::from_ref(&cfg)).expect("load");
+        let subject = |s: &KeyStore| s.snapshot()["k"].signing.certificate().subject();
+        assert_eq!(subject(&store), "CN=first");
+        store.reload_changed();
+        assert_eq!(subject(&store), "CN=first", "unchanged files are not reloaded");
+        // A new modification time is what marks a change; make sure it moves.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_pair(dir.path(), "CN=second");
+        store.reload_changed();
+        assert_eq!(subject(&store), "CN=second");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(dir.path().join("key"), "not a key").expect("write");
+        store.reload_changed();
+        assert_eq!(subject(&store), "CN=second", "a key that no longer loads keeps the previous one");
+    }
+}
