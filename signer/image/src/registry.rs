@@ -89,6 +89,8 @@ impl RegistryRepo {
             accept_invalid_certificates: tls.skip_verify,
             extra_root_certificates: tls.ca_pem.iter().map(|data| Certificate { encoding: CertificateEncoding::Pem, data: data.clone() }).collect(),
             read_timeout: Some(opts.timeout),
+            // One streamed PUT per blob (the size is always known) instead of a PATCH per chunk.
+            use_monolithic_push: true,
             connect_timeout: Some(opts.timeout.min(Duration::from_secs(30))),
             ..Default::default()
         };
