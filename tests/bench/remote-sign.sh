@@ -5,15 +5,8 @@
 # Usage: tests/bench/remote-sign.sh      (BENCH_DIR, KFORGE as in sign-corpus.sh; JOBS = remote workers)
 set -euo pipefail
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
-since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
-
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$repo"
-work=${BENCH_DIR:-target/bench/sign-corpus}
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+work=$(abs_dir "${BENCH_DIR:-target/bench/sign-corpus}")
 KFORGE=${KFORGE:-target/release/kforge}
 [[ -x $KFORGE ]] || cargo build --release --locked -p kforge
 KFORGE=$(realpath "$KFORGE")

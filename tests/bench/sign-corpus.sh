@@ -13,21 +13,12 @@
 #   PREPARE_ONLY  if set, stop once the stripped corpus is ready (other benchmarks use it)
 set -euo pipefail
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
-
 run_start=$EPOCHREALTIME
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$repo"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-work=${BENCH_DIR:-target/bench/sign-corpus}
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
+work=$(abs_dir "${BENCH_DIR:-target/bench/sign-corpus}")
 KFORGE=${KFORGE:-target/release/kforge}
 jobs=$(nproc)
-
-# Seconds elapsed since a saved $EPOCHREALTIME.
-since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
 
 # --- 1. Resolve the current kernel ABI from linux-headers-amd64's dependency ---
 deps=$(dpkg-query -W -f='${Depends}' linux-headers-amd64 2>/dev/null || true)

@@ -28,26 +28,16 @@
 #   KEEP        if set, keep the docker data root and the unpacked images (debugging)
 set -euo pipefail
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
-
 run_start=$EPOCHREALTIME
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$repo"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-W=${BENCH_DIR:-target/bench/sign-image}
-mkdir -p "$W"
-W=$(cd "$W" && pwd)
-corpus_dir=${CORPUS_DIR:-target/bench/sign-corpus}
-mkdir -p "$corpus_dir"
-corpus_dir=$(cd "$corpus_dir" && pwd)
+W=$(abs_dir "${BENCH_DIR:-target/bench/sign-image}")
+corpus_dir=$(abs_dir "${CORPUS_DIR:-target/bench/sign-corpus}")
 KFORGE=${KFORGE:-target/release/kforge}
 jobs=$(nproc)
 # Debian's docker CLI (20.10), matching its engine; /usr/local/bin may hold another one.
 DOCKER=/usr/bin/docker
 
-# Seconds elapsed since a saved $EPOCHREALTIME.
-since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
 kb_mb() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
 
