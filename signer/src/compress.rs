@@ -91,6 +91,14 @@ impl Compression {
         }
     }
 
+    /// Decompresses, borrowing the input when it is not compressed.
+    pub(crate) fn decompress_cow(self, bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
+        match self {
+            Self::None => Ok(std::borrow::Cow::Borrowed(bytes)),
+            c => c.decompress(bytes).map(std::borrow::Cow::Owned),
+        }
+    }
+
     fn err(self, cause: std::io::Error) -> Error {
         Error::Compression { format: self, cause }
     }

@@ -1,4 +1,4 @@
-//! The crate's error type. Messages are complete sentences fragments that carry their own
+//! The crate's error type. Messages are complete sentence fragments that carry their own
 //! context, so callers print them with `{}` and need not walk a source chain.
 
 use std::path::PathBuf;

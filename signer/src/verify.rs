@@ -164,13 +164,3 @@ pub(crate) fn serial_hex(integer_der: &[u8]) -> Option<String> {
 fn colon_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
-
-impl Compression {
-    /// Decompresses, borrowing the input when it is not compressed.
-    fn decompress_cow(self, bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
-        match self {
-            Compression::None => Ok(std::borrow::Cow::Borrowed(bytes)),
-            c => c.decompress(bytes).map(std::borrow::Cow::Owned),
-        }
-    }
-}
