@@ -449,3 +449,18 @@ fn sign_image_on_the_service_pushes_a_signed_image_and_audits_every_file() {
     assert!(records.iter().all(|r| r["image"].as_str().is_some_and(|i| i.contains("mods/src:v1"))), "{records:?}");
     assert_eq!(reg.tags("mods/signed"), ["v1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_that_cannot_be_audited_is_never_returned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = in_process_config(dir.path(), 1 << 20);
+    // Every write to /dev/full fails with ENOSPC, like a full disk under the audit log.
+    config.audit_log = PathBuf::from("/dev/full");
+    let running = kforge_signer_service::serve(config).await.expect("serve");
+    let mut client = SignerClient::connect(format!("http://{}", running.addr)).await.expect("connect");
+    let hello = std::fs::read(&modules().hello).expect("read");
+    let e = sign(&mut client, "m".into(), "dev", hello).await.expect_err("no signature without an audit record");
+    assert_eq!(e.code, tonic::Code::Internal as i32);
+    assert!(e.message.contains("could not be recorded in the audit log"), "{}", e.message);
+    running.shutdown().await.expect("shutdown");
+}

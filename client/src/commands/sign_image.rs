@@ -36,6 +36,9 @@ pub struct Args {
     /// Talk plain HTTP to the registries (KMM's registryTLS.insecure).
     #[arg(long)]
     insecure: bool,
+    /// Talk plain HTTP to this registry only (host[:port]; repeatable), e.g. a local source registry.
+    #[arg(long, value_name = "HOST")]
+    insecure_registry: Vec<String>,
     /// Do not verify the registries' TLS certificates (KMM's registryTLS.insecureSkipTLSVerify).
     #[arg(long)]
     insecure_skip_tls_verify: bool,
@@ -77,6 +80,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     registries.tls.skip_verify = args.insecure_skip_tls_verify;
     for ca in &args.registry_ca {
         registries.add_ca_file(ca)?;
+    }
+    for host in &args.insecure_registry {
+        registries.per_registry.insert(host.clone(), kforge_image::RegistryTls { insecure: true, ..Default::default() });
     }
     let selection = if args.files.is_empty() { Selection::Default } else { Selection::Files(args.files.clone()) };
     let req = SignImage { from, to: to.clone(), selection, signer, registries, work_dir: args.work_dir.clone(), audit: None, gzip_level: args.gzip_level };
