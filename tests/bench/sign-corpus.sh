@@ -21,21 +21,10 @@ KFORGE=${KFORGE:-target/release/kforge}
 jobs=$(nproc)
 
 # --- 1. Resolve the current kernel ABI from linux-headers-amd64's dependency ---
-deps=$(dpkg-query -W -f='${Depends}' linux-headers-amd64 2>/dev/null || true)
-if [[ -z $deps ]]; then
-    deps=$(apt-cache depends linux-headers-amd64 2>/dev/null || true)
-fi
-if [[ -z $deps ]]; then
-    apt-get update -qq
-    deps=$(apt-cache depends linux-headers-amd64)
-fi
-abi=$(grep -oE 'linux-headers-[0-9][^ ,()]*-amd64' <<<"$deps" | head -n1 | sed 's/^linux-headers-//')
-[[ -n $abi ]] || die "cannot resolve the kernel ABI from: $deps"
-pkg="linux-image-$abi-unsigned"
+resolve_abi
 log "kernel ABI $abi -> package $pkg"
 
 # sign-file from the linux-kbuild of the same major.minor (e.g. 6.1).
-kver=$(cut -d. -f1,2 <<<"$abi")
 SIGN_FILE=${SIGN_FILE:-/usr/lib/linux-kbuild-$kver/scripts/sign-file}
 [[ -x $SIGN_FILE ]] || die "sign-file not found at $SIGN_FILE (install linux-kbuild-$kver)"
 

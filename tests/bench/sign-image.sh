@@ -59,18 +59,7 @@ if ((${#need_pkgs[@]})); then
 fi
 
 # --- 1. Resolve the current kernel ABI (as sign-corpus.sh does) ---
-deps=$(dpkg-query -W -f='${Depends}' linux-headers-amd64 2>/dev/null || true)
-if [[ -z $deps ]]; then
-    deps=$(apt-cache depends linux-headers-amd64 2>/dev/null || true)
-fi
-if [[ -z $deps ]]; then
-    apt-get update -qq
-    deps=$(apt-cache depends linux-headers-amd64)
-fi
-abi=$(grep -oE 'linux-headers-[0-9][^ ,()]*-amd64' <<<"$deps" | head -n1 | sed 's/^linux-headers-//')
-[[ -n $abi ]] || die "cannot resolve the kernel ABI from: $deps"
-pkg="linux-image-$abi-unsigned"
-kver=$(cut -d. -f1,2 <<<"$abi")
+resolve_abi
 log "kernel ABI $abi -> package $pkg, signer linux-kbuild-$kver"
 
 # --- kforge ---
