@@ -59,7 +59,7 @@ pub fn inspect(file_bytes: &[u8]) -> Result<Inspection, Error> {
     let (bare, stacked) = trailer::strip_all(&plain)?;
     let info = module::parse(bare)?;
     let signature = match trailer::split(&plain)? {
-        Some(appended) => Some(describe(appended, stacked)?),
+        Some(appended) => Some(describe(&cms::parse(appended.signature)?, appended.signature.len(), stacked)),
         None => None,
     };
     Ok(Inspection { compression, module_len: bare.len(), info, signature })
@@ -79,7 +79,7 @@ pub fn verify(file_bytes: &[u8], cert: &Certificate) -> Result<Verification, Err
         )));
     }
     let parsed = cms::parse(appended.signature)?;
-    let signature = describe(appended, stacked)?;
+    let signature = describe(&parsed, appended.signature.len(), stacked);
     if !names_certificate(&parsed.signer, cert) {
         return Err(Error::OtherSigner { signed_by: signer_line(&signature), certificate: cert_line(cert) });
     }
@@ -108,8 +108,7 @@ fn names_certificate(signer: &SignerId, cert: &Certificate) -> bool {
     }
 }
 
-fn describe(appended: trailer::Appended<'_>, stacked: usize) -> Result<SignatureInfo, Error> {
-    let parsed = cms::parse(appended.signature)?;
+fn describe(parsed: &cms::Parsed, cms_len: usize, stacked: usize) -> SignatureInfo {
     let (signer, key_id, by_key_id) = match &parsed.signer {
         SignerId::IssuerSerial { issuer, serial } => {
             let name = X509Name::from_der(issuer).ok().and_then(|n| common_name(&n));
@@ -117,7 +116,7 @@ fn describe(appended: trailer::Appended<'_>, stacked: usize) -> Result<Signature
         }
         SignerId::KeyId(id) => (None, colon_hex(id), true),
     };
-    Ok(SignatureInfo { hash: parsed.hash, signer, key_id, by_key_id, cms_len: appended.signature.len(), stacked })
+    SignatureInfo { hash: parsed.hash, signer, key_id, by_key_id, cms_len, stacked }
 }
 
 fn signer_line(sig: &SignatureInfo) -> String {

@@ -67,11 +67,6 @@ impl DockerConfig {
     pub fn auth_for(&self, registry: &str) -> RegistryAuth {
         self.auths.get(&normalize_host(registry)).cloned().unwrap_or(RegistryAuth::Anonymous)
     }
-
-    /// Whether credentials exist for the host.
-    pub fn has(&self, registry: &str) -> bool {
-        self.auths.contains_key(&normalize_host(registry))
-    }
 }
 
 /// `https://index.docker.io/v1/` → `docker.io`; `https://host:5000/` → `host:5000`.
