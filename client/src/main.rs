@@ -27,6 +27,8 @@ enum Command {
     Sign(commands::sign::Args),
     /// Sign the modules inside a container image: one new layer, pushed without rebuilding.
     SignImage(commands::sign_image::Args),
+    /// Build an image through BuildKit (buildkitd or a Docker engine) and push it.
+    Build(commands::build::Args),
     /// Verify modules' signatures against a certificate.
     Verify(commands::verify::Args),
     /// Show what is in modules and their signatures, without checking trust.
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => commands::keygen::run(args),
         Command::Sign(args) => commands::sign::run(args),
         Command::SignImage(args) => commands::sign_image::run(args),
+        Command::Build(args) => commands::build::run(args),
         Command::Verify(args) => commands::verify::run(args),
         Command::Inspect(args) => commands::verify::inspect(args),
     };

@@ -19,3 +19,39 @@ pub mod builder {
 
 /// Encoded `FileDescriptorSet` of every kforge .proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kforge_descriptor");
+
+/// The subset of BuildKit's wire API that kforge's builder speaks (and that its tests serve).
+pub mod buildkit {
+    /// LLB: the build graph.
+    pub mod pb {
+        tonic::include_proto!("pb");
+    }
+    /// BuildKit's packages.
+    pub mod moby {
+        /// Control API and session services.
+        pub mod buildkit {
+            /// `moby.buildkit.v1`: Control.
+            pub mod v1 {
+                tonic::include_proto!("moby.buildkit.v1");
+                /// `moby.buildkit.v1.types`: workers.
+                pub mod types {
+                    tonic::include_proto!("moby.buildkit.v1.types");
+                }
+            }
+            /// `moby.buildkit.secrets.v1`: build secrets served in a session.
+            pub mod secrets {
+                /// Version 1.
+                pub mod v1 {
+                    tonic::include_proto!("moby.buildkit.secrets.v1");
+                }
+            }
+        }
+        /// `moby.filesync.v1`: registry credentials served in a session.
+        pub mod filesync {
+            /// Version 1.
+            pub mod v1 {
+                tonic::include_proto!("moby.filesync.v1");
+            }
+        }
+    }
+}

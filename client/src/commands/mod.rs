@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod build;
 pub mod keygen;
 pub mod serve;
 pub mod sign;

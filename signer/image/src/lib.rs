@@ -27,5 +27,6 @@ pub use auth::DockerConfig;
 pub use error::{Error, Result};
 pub use pipeline::{sign_image, AuditHook, Event, SignImage, SignedFile, SignedImage, DEFAULT_GZIP_LEVEL};
 pub use reference::ImageRef;
-pub use registry::{RegistryOptions, RegistryTls};
+pub use oci_client::secrets::RegistryAuth;
+pub use registry::{resolve_digest, RegistryOptions, RegistryTls};
 pub use select::Selection;

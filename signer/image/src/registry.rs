@@ -158,6 +158,16 @@ impl RegistryRepo {
         self.retry(&format!("pull manifest {}", r.whole()), || self.client.pull_manifest_raw(&r, &self.auth, &ACCEPTED)).await
     }
 
+    /// The digest of the manifest or index at a tag or digest; `None` if the registry has none.
+    pub async fn manifest_digest(&self, reference: &str) -> Result<Option<String>, Error> {
+        let r = self.at(reference);
+        match self.retry(&format!("look up {}", r.whole()), || self.client.fetch_manifest_digest(&r, &self.auth)).await {
+            Ok(digest) => Ok(Some(digest)),
+            Err(Error::Registry { cause, .. }) if is_not_found(&cause) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A blob as a byte stream.
     pub async fn blob(&self, digest: &str) -> Result<impl AsyncRead + Send + Unpin + 'static, Error> {
         let r = self.at(digest);
@@ -211,6 +221,19 @@ impl RegistryRepo {
         self.retry(&format!("push manifest {}", r.whole()), || self.client.push_manifest_raw(&r, bytes.clone(), content_type.clone())).await?;
         Ok(())
     }
+}
+
+/// Whether a registry error means "no such manifest" (404, MANIFEST_UNKNOWN, NAME_UNKNOWN).
+fn is_not_found(cause: &str) -> bool {
+    ["manifest unknown", "MANIFEST_UNKNOWN", "name unknown", "NAME_UNKNOWN", "code: 404", "404 Not Found"].iter().any(|m| cause.contains(m))
+}
+
+/// The digest `image` (`registry/repo:tag`) points at, or `None` if the registry does not have it.
+pub async fn resolve_digest(image: &str, opts: &RegistryOptions) -> Result<Option<String>, Error> {
+    let reference: Reference = image.parse().map_err(|e: oci_client::ParseError| Error::Reference { reference: image.to_string(), reason: e.to_string() })?;
+    let repo = RegistryRepo::connect(&reference, opts).await?;
+    let at = reference.digest().or(reference.tag()).unwrap_or("latest").to_string();
+    repo.manifest_digest(&at).await
 }
 
 fn retryable(e: &OciDistributionError) -> bool {

@@ -1,0 +1,274 @@
+//! `kforge build`: build an image through BuildKit (standalone buildkitd or a Docker engine) and push it.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use kforge_builder::{Builder, BuilderOptions, BuildSpec, Daemon, Endpoint, Event, InputFile, PlainPrinter, TlsFiles};
+use kforge_image::DockerConfig;
+
+/// Context files go inline in the build request; keep them to sources, not artefacts.
+const MAX_CONTEXT_BYTES: u64 = 32 << 20;
+
+/// Arguments of `kforge build`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// BuildKit address: docker://[/path/docker.sock], unix:///path/buildkitd.sock or tcp://host:port.
+    #[arg(long, env = "BUILDKIT_HOST", default_value = "docker://")]
+    buildkit: String,
+    /// The Dockerfile.
+    #[arg(long, short = 'f')]
+    file: PathBuf,
+    /// A directory whose files form the build context (module sources); none by default.
+    #[arg(long)]
+    context: Option<PathBuf>,
+    /// A build argument, NAME=VALUE (repeatable); KMM's KERNEL_FULL_VERSION, MOD_NAME, DTK_AUTO… go here.
+    #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+    build_args: Vec<String>,
+    /// A build secret for `RUN --mount=type=secret`: id=NAME,src=FILE (repeatable); never a build argument.
+    #[arg(long = "secret", value_name = "id=NAME,src=FILE")]
+    secrets: Vec<String>,
+    /// The stage to build.
+    #[arg(long)]
+    target: Option<String>,
+    /// Where to push the result: registry/repo:tag.
+    #[arg(long)]
+    to: String,
+    /// Build even if the target already exists.
+    #[arg(long)]
+    force: bool,
+    /// Push to the target registry over plain HTTP (loopback registries always are).
+    #[arg(long)]
+    insecure: bool,
+    /// Registry credentials in docker config.json / .dockerconfigjson form, served to BuildKit for
+    /// base pulls and the push (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json).
+    #[arg(long)]
+    auth_file: Option<PathBuf>,
+    /// Let RUN steps use the network (off by default: module builds need none).
+    #[arg(long)]
+    network: bool,
+    /// Ignore BuildKit's cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Cancel the build after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    deadline: u64,
+    /// Progress output: auto (a live view on a terminal, else plain), plain, or quiet.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "plain", "quiet"])]
+    progress: String,
+    /// CA certificate of a tcp:// buildkitd (PEM).
+    #[arg(long)]
+    tlscacert: Option<PathBuf>,
+    /// Client certificate for a tcp:// buildkitd (PEM).
+    #[arg(long)]
+    tlscert: Option<PathBuf>,
+    /// Client key for a tcp:// buildkitd (PEM).
+    #[arg(long)]
+    tlskey: Option<PathBuf>,
+    /// Name on buildkitd's certificate, if not its host name.
+    #[arg(long)]
+    tls_server_name: Option<String>,
+    /// Also write the pushed digest reference to this file.
+    #[arg(long)]
+    digest_file: Option<PathBuf>,
+}
+
+/// Parses `NAME=VALUE` build arguments.
+fn build_args(list: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in list {
+        let Some((k, v)) = a.split_once('=') else { bail!("--build-arg {a:?}: expected NAME=VALUE") };
+        if k.is_empty() {
+            bail!("--build-arg {a:?}: the name is empty");
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// Parses `id=NAME,src=FILE` secrets (docker build's syntax) and reads the files.
+fn secrets(list: &[String]) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for s in list {
+        let (mut id, mut src) = (None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) => id = Some(v),
+                Some(("src" | "source", v)) => src = Some(v),
+                Some(("type", "file")) => {}
+                _ => bail!("--secret {s:?}: expected id=NAME,src=FILE"),
+            }
+        }
+        let (Some(id), Some(src)) = (id, src) else { bail!("--secret {s:?}: expected id=NAME,src=FILE") };
+        let data = std::fs::read(src).with_context(|| format!("--secret {id}: cannot read {src}"))?;
+        out.insert(id.to_string(), data);
+    }
+    Ok(out)
+}
+
+/// Reads a context directory's regular files (symlinks and special files are refused).
+fn context_files(dir: &Path) -> anyhow::Result<Vec<InputFile>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("--context: cannot read {}", d.display()))? {
+            let entry = entry.with_context(|| format!("--context: cannot read {}", d.display()))?;
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).with_context(|| format!("--context: cannot stat {}", path.display()))?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                total += meta.len();
+                if total > MAX_CONTEXT_BYTES {
+                    bail!("--context {}: more than {} MiB of files; the context carries sources only", dir.display(), MAX_CONTEXT_BYTES >> 20);
+                }
+                let rel = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().into_owned();
+                let data = std::fs::read(&path).with_context(|| format!("--context: cannot read {}", path.display()))?;
+                files.push(InputFile { path: rel, mode: meta.permissions().mode() & 0o7777, data });
+            } else {
+                bail!("--context: {} is not a regular file or directory (symlinks are not followed)", path.display());
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// Builds, pushes and prints the digest reference.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut endpoint: Endpoint = args.buildkit.parse()?;
+    if args.tlscacert.is_some() || args.tlscert.is_some() || args.tlskey.is_some() {
+        endpoint = endpoint.with_tls(TlsFiles {
+            ca: args.tlscacert.clone(),
+            cert: args.tlscert.clone(),
+            key: args.tlskey.clone(),
+            server_name: args.tls_server_name.clone(),
+        })?;
+    }
+    let dockerfile = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read the Dockerfile {}", args.file.display()))?;
+    let spec = BuildSpec {
+        image: args.to.clone(),
+        dockerfile,
+        context: match &args.context {
+            Some(dir) => context_files(dir)?,
+            None => Vec::new(),
+        },
+        build_args: build_args(&args.build_args)?,
+        target: args.target.clone(),
+        secrets: secrets(&args.secrets)?,
+        credentials: Arc::new(match &args.auth_file {
+            Some(f) => DockerConfig::load(f)?,
+            None => DockerConfig::from_environment()?,
+        }),
+        insecure_registry: args.insecure,
+        network: args.network,
+        no_cache: args.no_cache,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let started = Instant::now();
+    let out = runtime.block_on(async {
+        let daemon = Daemon::connect(&endpoint).await?;
+        let builder = Builder::new(daemon, BuilderOptions { deadline: Duration::from_secs(args.deadline.max(1)) });
+        let mut handle = builder.start(spec, args.force)?;
+        let mut view = View::new(&args.progress);
+        while let Some(event) = handle.next_event().await {
+            view.show(&event);
+        }
+        view.finish();
+        handle.finish().await
+    })?;
+    if out.skipped {
+        eprintln!("{} exists ({}); not rebuilt (--force rebuilds)", args.to, out.digest);
+    } else {
+        eprintln!("built and pushed {} in {:.1}s", args.to, started.elapsed().as_secs_f64());
+    }
+    println!("{}", out.image);
+    if let Some(path) = &args.digest_file {
+        std::fs::write(path, format!("{}\n", out.image)).with_context(|| format!("{}: cannot write the digest", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Progress output: plain lines (like `buildctl --progress=plain`) on stderr, with a spinner naming
+/// the running step when stderr is a terminal.
+struct View {
+    plain: Option<PlainPrinter<std::io::Stderr>>,
+    spinner: Option<indicatif::ProgressBar>,
+}
+
+impl View {
+    fn new(mode: &str) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let plain = (mode != "quiet").then(|| PlainPrinter::new(std::io::stderr()));
+        let spinner = (mode == "auto" && tty).then(|| {
+            let s = indicatif::ProgressBar::new_spinner();
+            s.enable_steady_tick(Duration::from_millis(120));
+            s
+        });
+        View { plain, spinner }
+    }
+
+    fn show(&mut self, event: &Event) {
+        if let Some(p) = &mut self.plain {
+            match &self.spinner {
+                // Print above the spinner so the two do not interleave.
+                Some(s) => s.suspend(|| p.print(event)),
+                None => p.print(event),
+            }
+        }
+        if let (Some(s), Event::Step(step)) = (&self.spinner, event) {
+            if step.started && !step.completed {
+                s.set_message(step.name.clone());
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(s) = self.spinner.take() {
+            s.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_build_args_and_secrets() {
+        let a = build_args(&["KERNEL_FULL_VERSION=6.1.0-56-amd64".into(), "EMPTY=".into(), "X=a=b".into()]).expect("args");
+        assert_eq!(a["KERNEL_FULL_VERSION"], "6.1.0-56-amd64");
+        assert_eq!(a["EMPTY"], "");
+        assert_eq!(a["X"], "a=b");
+        assert!(build_args(&["NOVALUE".into()]).is_err());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("tok");
+        std::fs::write(&f, "s3cr3t").expect("write");
+        let s = secrets(&[format!("id=token,src={}", f.display())]).expect("secret");
+        assert_eq!(s["token"], b"s3cr3t");
+        let e = secrets(&["id=token".into()]).expect_err("no src").to_string();
+        assert!(e.contains("id=NAME,src=FILE"), "{e}");
+        let e = secrets(&["id=t,src=/nonexistent/file".into()]).expect_err("missing").to_string();
+        assert!(e.contains("/nonexistent/file"), "{e}");
+    }
+
+    #[test]
+    fn context_reads_files_and_refuses_symlinks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("src")).expect("mkdir");
+        std::fs::write(dir.path().join("Makefile"), "obj-m += x.o\n").expect("write");
+        std::fs::write(dir.path().join("src/x.c"), "int x;\n").expect("write");
+        let files = context_files(dir.path()).expect("reads");
+        let paths: Vec<_> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["Makefile", "src/x.c"]);
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).expect("symlink");
+        let e = context_files(dir.path()).expect_err("symlink").to_string();
+        assert!(e.contains("link") && e.contains("symlinks"), "{e}");
+    }
+}
