@@ -1,4 +1,4 @@
-//! `kforge serve`: the signing service (and, later, the builder) on one port.
+//! `kforge serve`: the signing and build services on one port.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +23,10 @@ pub struct Args {
     /// (default: $XDG_DATA_HOME/kforge or ~/.local/share/kforge).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// BuildKit for the build service, overriding the configuration (docker://, unix://, tcp://;
+    /// without a configuration: BUILDKIT_HOST, else the local Docker engine).
+    #[arg(long)]
+    buildkit: Option<String>,
 }
 
 /// Runs until SIGTERM or Ctrl-C (a second one exits at once).
@@ -47,6 +51,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(m) = args.metrics_listen {
         config.metrics_listen = Some(m);
     }
+    if let Some(url) = &args.buildkit {
+        let mut b = config.builder.take().unwrap_or_else(kforge_signer_service::BuilderConfig::from_environment);
+        b.buildkit = url.clone();
+        config.builder = Some(b);
+    }
+    let builder_line = match &config.builder {
+        Some(b) => format!("builder uses BuildKit at {} (connected on first build)", b.buildkit),
+        None => "builder disabled (no [builder] in the configuration)".to_string(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let mut running = kforge_signer_service::serve(config).await?;
@@ -55,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Some(m) => println!("metrics on http://{m}/metrics"),
             None => println!("metrics disabled"),
         }
+        println!("{builder_line}");
         let stop = running.shutdown_handle();
         tokio::spawn(async move {
             wait_for_signal().await;

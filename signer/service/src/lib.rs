@@ -1,4 +1,4 @@
-//! kforge's signing service: `kforge.signer.v1.Signer` over gRPC.
+//! kforge's service: `kforge.signer.v1.Signer` and `kforge.builder.v1.Builder` over gRPC.
 //!
 //! Keys stay on the server. Callers authenticate with mutual TLS or bearer tokens, each key lists
 //! who may use it, every signature is appended to an fsync'd audit log before the signed bytes are
@@ -8,6 +8,7 @@
 
 mod audit;
 mod auth;
+mod build;
 mod config;
 mod error;
 mod keys;
@@ -17,6 +18,6 @@ mod server;
 mod service;
 mod time;
 
-pub use config::{Config, KeyConfig, Limits, TlsConfig, TokenConfig};
+pub use config::{BuilderConfig, Config, KeyConfig, Limits, TlsConfig, TokenConfig};
 pub use error::{Error, Result};
 pub use server::{serve, Running};

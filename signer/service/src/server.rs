@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kforge_proto::builder::v1::builder_server::BuilderServer;
 use kforge_proto::signer::v1::signer_server::SignerServer;
 use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
@@ -69,12 +70,18 @@ pub async fn serve(config: Config) -> Result<Running, Error> {
     if let Some(f) = &config.registry_auth_file {
         registries.credentials = kforge_image::DockerConfig::load(f).map_err(|e| Error::Invalid(e.to_string()))?;
     }
+    let builder_cfg = match &config.builder {
+        Some(b) => Some((b.endpoint()?, b.clone())),
+        None => None,
+    };
+    let build = BuilderServer::new(crate::build::BuildService::new(builder_cfg, Arc::new(Authenticator::new(&config)), registries.credentials.clone()));
     let state = Arc::new(State::new(keys.clone(), Authenticator::new(&config), audit, config.limits.clone(), metrics.clone(), registries));
     let max = config.limits.max_message_bytes;
     let signer = SignerServer::new(SignerService(state)).max_decoding_message_size(max).max_encoding_message_size(max);
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<SignerServer<SignerService>>().await;
+    reporter.set_serving::<BuilderServer<crate::build::BuildService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kforge_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -112,7 +119,7 @@ pub async fn serve(config: Config) -> Result<Running, Error> {
     };
 
     let (tx, rx) = oneshot::channel::<()>();
-    let router = builder.add_service(health).add_service(reflection).add_service(signer);
+    let router = builder.add_service(health).add_service(reflection).add_service(signer).add_service(build);
     let task = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(incoming, async {
