@@ -271,7 +271,6 @@ pub async fn build(daemon: &Daemon, spec: &BuildSpec, events: &UnboundedSender<E
     tracing::info!(image = %target.tagged(), endpoint = %daemon.endpoint(), reference, "solving");
     let solved = control.solve(request).await;
     // Let the status stream deliver the last logs before an error is described.
-    let status_task = status_task;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while !seen.lock().unwrap_or_else(|p| p.into_inner()).ended {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -313,7 +312,10 @@ pub async fn build(daemon: &Daemon, spec: &BuildSpec, events: &UnboundedSender<E
 fn failure(daemon: &Daemon, image: &str, status: &tonic::Status, seen: &Seen) -> Error {
     let message = status.message().trim().to_string();
     if matches!(status.code(), tonic::Code::Unavailable) || (status.code() == tonic::Code::Unknown && looks_interrupted(&message)) {
-        let failure = BuildFailure { kind: FailureKind::Interrupted, message: format!("{} ({})", message, chain(status)), step: None, logs: vec![] };
+        // The transport's own causes (broken pipe, reset) say more than tonic's summary.
+        let cause = std::error::Error::source(status).map(chain).unwrap_or_default();
+        let message = if cause.is_empty() || message.contains(&cause) { message } else { format!("{message}: {cause}") };
+        let failure = BuildFailure { kind: FailureKind::Interrupted, message, step: None, logs: vec![] };
         return Error::Build { image: image.to_string(), failure: Box::new(failure) };
     }
     if status.code() == tonic::Code::Cancelled && message.is_empty() {
@@ -322,6 +324,11 @@ fn failure(daemon: &Daemon, image: &str, status: &tonic::Status, seen: &Seen) ->
     let step = seen.failed.as_ref().and_then(|d| seen.names.get(d)).cloned();
     let logs = seen.failed.as_ref().and_then(|d| seen.logs.get(d)).map(|t| t.iter().cloned().collect()).unwrap_or_default();
     let kind = classify(&message);
+    let message = if message.contains("no active session") {
+        format!("{message} (BuildKit never saw kforge's session: a proxy between kforge and BuildKit must pass the session stream through)")
+    } else {
+        message
+    };
     Error::Build { image: image.to_string(), failure: Box::new(BuildFailure { kind, message, step, logs }) }
 }
 
