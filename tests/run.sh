@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   linux-kbuild-6.1 linux-headers-amd64 gcc make libc6-dev kmod openssl xz-utils zstd gzip util-linux
-  docker-registry apache2-utils curl skopeo umoci
+  docker-registry apache2-utils curl skopeo umoci docker.io mmdebstrap
   libssl-dev pkg-config
 )
 missing=()

@@ -323,13 +323,27 @@ fn failure(daemon: &Daemon, image: &str, status: &tonic::Status, seen: &Seen) ->
     }
     let step = seen.failed.as_ref().and_then(|d| seen.names.get(d)).cloned();
     let logs = seen.failed.as_ref().and_then(|d| seen.logs.get(d)).map(|t| t.iter().cloned().collect()).unwrap_or_default();
-    let kind = classify(&message);
+    let kind = match step.as_deref().and_then(|s| s.strip_prefix("[internal] load metadata for ")) {
+        // The frontend resolving a FROM image: whatever the message's wording, a base pull failed.
+        Some(image) => base_image_failure(image, &message),
+        None => classify(&message),
+    };
     let message = if message.contains("no active session") {
         format!("{message} (BuildKit never saw kforge's session: a proxy between kforge and BuildKit must pass the session stream through)")
     } else {
         message
     };
     Error::Build { image: image.to_string(), failure: Box::new(BuildFailure { kind, message, step, logs }) }
+}
+
+/// A base image that could not be pulled: its registry, and whether credentials were the problem.
+fn base_image_failure(image: &str, message: &str) -> FailureKind {
+    let lower = message.to_ascii_lowercase();
+    let image = image.trim().to_string();
+    let first = image.split('/').next().unwrap_or("");
+    let registry = if image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost") { first.to_string() } else { "docker.io".to_string() };
+    let auth = ["401", "403", "unauthorized", "authorization", "authentication", "denied", "no basic auth"].iter().any(|m| lower.contains(m));
+    FailureKind::BaseImage { image, registry, auth }
 }
 
 fn looks_interrupted(message: &str) -> bool {
@@ -342,12 +356,8 @@ pub(crate) fn classify(message: &str) -> FailureKind {
     for marker in ["failed to resolve source metadata for ", "failed to load cache key: ", "pull access denied for "] {
         if let Some(at) = message.find(marker) {
             let rest = &message[at + marker.len()..];
-            let image = rest.split([' ', ',']).next().unwrap_or(rest).trim_end_matches(':').to_string();
-            let image = image.split(": ").next().unwrap_or(&image).to_string();
-            let first = image.split('/').next().unwrap_or("");
-            let registry = if image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost") { first.to_string() } else { "docker.io".to_string() };
-            let auth = ["401", "403", "unauthorized", "authorization", "authentication", "denied", "no basic auth"].iter().any(|m| lower.contains(m));
-            return FailureKind::BaseImage { image, registry, auth };
+            let image = rest.split([' ', ',']).next().unwrap_or(rest).trim_end_matches(':');
+            return base_image_failure(image, message);
         }
     }
     if lower.contains("dockerfile parse error") || lower.contains("failed to create llb definition") || lower.contains("failed to parse dockerfile") {

@@ -2,6 +2,8 @@
 //! headers, keys made with the openssl CLI, and the oracles (`sign-file`, `openssl cms`, `modinfo`).
 #![allow(dead_code)]
 
+pub mod docker;
+pub mod dtk;
 pub mod oci;
 pub mod pki;
 pub mod registry;

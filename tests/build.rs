@@ -1,0 +1,380 @@
+//! End to end: `kforge build` and the Builder service against a real BuildKit — the one inside
+//! Debian's Docker engine, started privately by each test — and a real Debian `docker-registry`.
+//! The module is built for the kernel ABI `linux-headers-amd64` depends on today, in a
+//! Driver-Toolkit-like image made from Debian packages (cached between runs).
+//! A standalone buildkitd is used when `BUILDKIT_HOST` points at one.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use support::docker::Engine;
+use support::registry::{skopeo_copy, umoci_unpack, Registry};
+use support::{dtk, fails, kernel_abi, modinfo, ok, output, text};
+
+/// The repository's KMM-style Dockerfile, built as a user would.
+fn kmm_dockerfile() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dockerfiles/kmm-module.Dockerfile")
+}
+
+fn module_sources() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/modules/kforge_hello")
+}
+
+/// `kforge build` against `buildkit` with a private, empty docker config (credentials only from
+/// `--auth-file`).
+fn kforge_build(buildkit: &str, home: &Path) -> Command {
+    let mut cmd = support::kforge();
+    cmd.arg("build").arg("--buildkit").arg(buildkit).env("DOCKER_CONFIG", home).env_remove("BUILDKIT_HOST").stdin(Stdio::null());
+    cmd
+}
+
+/// Copies an image out of the registry into an OCI layout and unpacks it; returns the rootfs.
+fn unpack(registry: &Registry, reference: &str, dir: &Path) -> PathBuf {
+    let layout = dir.join("oci");
+    skopeo_copy(&format!("docker://{reference}"), &format!("oci:{}:img", layout.display()), &registry.skopeo_src_flags());
+    umoci_unpack(&layout, "img", &dir.join("bundle"))
+}
+
+/// Every layer blob of an OCI layout, decompressed.
+fn layer_contents(layout: &Path) -> Vec<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(layout.join("blobs/sha256")).expect("blobs dir").flatten() {
+        let bytes = std::fs::read(entry.path()).expect("read blob");
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(bytes.as_slice()).read_to_end(&mut plain).expect("gunzip layer");
+            out.push(plain);
+        } else {
+            out.push(bytes);
+        }
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `registry/repo@sha256:…` printed by `kforge build`, checked against what the registry holds.
+fn pushed_digest(registry: &Registry, stdout: &str, repo: &str, tag: &str) -> String {
+    let line = stdout.trim();
+    let (name, digest) = line.rsplit_once('@').unwrap_or_else(|| panic!("kforge build printed no digest reference: {stdout}"));
+    assert_eq!(name, format!("{}/{repo}", registry.host()));
+    let (status, _) = registry.curl_get(&format!("/v2/{repo}/manifests/{digest}"));
+    assert_eq!(status, 200, "{line} is not in the registry");
+    let inspect = support::ok(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}"]).args(registry.skopeo_flags()).arg(format!("docker://{}/{repo}:{tag}", registry.host())));
+    assert_eq!(inspect.trim(), digest, "the tag points at the printed digest");
+    digest.to_string()
+}
+
+#[test]
+fn builds_a_kmm_module_image_through_the_docker_engine() {
+    let abi = kernel_abi();
+    let engine = Engine::start();
+    let registry = Registry::start_plain();
+    let dtk = dtk::push_dtk(&registry, &abi, &format!("dtk:{abi}"));
+    let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
+    let home = tempfile::tempdir().expect("tempdir");
+    let target = format!("{}/modules/kforge_hello:{abi}", registry.host());
+
+    let build = |extra: &[&str]| {
+        let mut cmd = kforge_build(&engine.url(), home.path());
+        cmd.arg("-f").arg(kmm_dockerfile()).arg("--context").arg(module_sources());
+        for arg in [format!("DTK_AUTO={dtk}"), format!("RUNTIME_IMAGE={runtime}"), format!("KERNEL_FULL_VERSION={abi}"), "MOD_NAME=kforge_hello".into()] {
+            cmd.arg("--build-arg").arg(arg);
+        }
+        cmd.args(["--progress", "plain", "--to", &target]).args(extra);
+        output(&mut cmd)
+    };
+
+    let first = build(&[]);
+    let (stdout, stderr) = (text(&first.stdout), text(&first.stderr));
+    assert!(first.status.success(), "kforge build failed:\n{stderr}\nengine log:\n{}", engine.log_tail(30));
+    // Progress like buildctl --progress=plain, with the module's compiler output.
+    assert!(stderr.contains("RUN make -C /usr/src/linux-headers-"), "{stderr}");
+    assert!(stderr.contains("kforge_hello.ko"), "make's output reaches the progress: {stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with('#') && l.ends_with(" DONE") || l.contains(" DONE ")), "{stderr}");
+    let digest = pushed_digest(&registry, &stdout, "modules/kforge_hello", &abi);
+
+    // The module inside: KMM's layout, built for the headers' kernel, with modules.dep.
+    let work = tempfile::tempdir().expect("tempdir");
+    let rootfs = unpack(&registry, &target, work.path());
+    let module = rootfs.join(format!("opt/lib/modules/{abi}/kforge_hello.ko"));
+    assert!(module.is_file(), "no module at {}", module.display());
+    let vermagic = modinfo(&module, "vermagic");
+    assert!(vermagic.starts_with(&format!("{abi} ")), "vermagic {vermagic:?} is not for {abi}");
+    let dep = std::fs::read_to_string(rootfs.join(format!("opt/lib/modules/{abi}/modules.dep"))).expect("modules.dep");
+    assert!(dep.contains("kforge_hello.ko:"), "modules.dep: {dep}");
+    // The build arguments reached the image (labels from ARGs).
+    let config = ok(Command::new("skopeo").args(["inspect", "--config"]).args(registry.skopeo_flags()).arg(format!("docker://{target}")));
+    assert!(config.contains(&format!("\"io.kforge.kernel\": \"{abi}\"")) && config.contains("\"io.kforge.module\": \"kforge_hello\""), "{config}");
+
+    // The target exists: nothing is built, the same digest is printed.
+    let again = build(&[]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(text(&again.stderr).contains("not rebuilt"), "{}", text(&again.stderr));
+    assert_eq!(text(&again.stdout).trim(), format!("{}/modules/kforge_hello@{digest}", registry.host()));
+    assert!(!text(&again.stderr).contains("RUN make"), "no build happened: {}", text(&again.stderr));
+
+    // --force builds again; every step comes from BuildKit's cache and the image is the same.
+    let forced = build(&["--force"]);
+    let forced_err = text(&forced.stderr);
+    assert!(forced.status.success(), "{forced_err}");
+    assert!(forced_err.contains("CACHED"), "{forced_err}");
+    assert_eq!(pushed_digest(&registry, &text(&forced.stdout), "modules/kforge_hello", &abi), digest);
+    assert_eq!(registry.tags("modules/kforge_hello"), vec![abi.clone()], "no other tag was pushed");
+}
+
+#[test]
+fn secrets_reach_run_mounts_and_no_layer() {
+    let engine = Engine::start();
+    let registry = Registry::start_plain();
+    let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
+    let home = tempfile::tempdir().expect("tempdir");
+    let secret_value = "kforge-test-secret-7f3a9c";
+    let secret = home.path().join("token");
+    std::fs::write(&secret, secret_value).expect("write secret");
+    let dockerfile = home.path().join("Dockerfile");
+    // The Dockerfile names the secret only by id; the step proves it saw the content by its hash.
+    std::fs::write(&dockerfile, format!("FROM {runtime}\nRUN --mount=type=secret,id=token,required=true sha256sum /run/secrets/token | cut -d' ' -f1 > /secret-sha256\n"))
+        .expect("write Dockerfile");
+    let target = format!("{}/secrets/test:1", registry.host());
+    let mut cmd = kforge_build(&engine.url(), home.path());
+    cmd.arg("-f").arg(&dockerfile).arg("--secret").arg(format!("id=token,src={}", secret.display())).args(["--to", &target]);
+    let out = output(&mut cmd);
+    assert!(out.status.success(), "{}\nengine log:\n{}", text(&out.stderr), engine.log_tail(30));
+    assert!(!text(&out.stderr).contains(secret_value), "the secret is not printed");
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let rootfs = unpack(&registry, &target, work.path());
+    use sha2::Digest;
+    let want = hex(&sha2::Sha256::digest(secret_value.as_bytes()));
+    assert_eq!(std::fs::read_to_string(rootfs.join("secret-sha256")).expect("secret-sha256").trim(), want, "the RUN step read the secret");
+    assert!(!rootfs.join("run/secrets/token").exists(), "the secret file is not in the image");
+    for layer in layer_contents(&work.path().join("oci")) {
+        assert!(!contains(&layer, secret_value.as_bytes()), "a layer or config holds the secret");
+    }
+
+    // Without the secret the required mount fails and names the secret (secrets are not part
+    // of BuildKit's cache key, hence --no-cache).
+    let mut cmd = kforge_build(&engine.url(), home.path());
+    cmd.arg("-f").arg(&dockerfile).args(["--no-cache", "--to", &format!("{}/secrets/test:2", registry.host())]);
+    let e = fails(&mut cmd);
+    let error = e.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {e}"));
+    assert!(error.contains("secret token"), "{error}");
+}
+
+#[test]
+fn a_private_base_needs_the_session_credentials() {
+    let (user, password) = ("builder", "b1-pass");
+    let registry = Registry::start_tls_basic_auth(user, password);
+    let engine = Engine::start_with_config(serde_json::json!({ "insecure-registries": [format!("https://{}", registry.host())] }));
+    let runtime = dtk::push_runtime(&registry, "private/kmod:bookworm");
+    let home = tempfile::tempdir().expect("tempdir");
+    let dockerfile = home.path().join("Dockerfile");
+    std::fs::write(&dockerfile, format!("FROM {runtime}\nRUN echo built > /marker\n")).expect("write Dockerfile");
+    let target = format!("{}/private/out:1", registry.host());
+
+    // No credentials: the pull is refused, and the error names the base and its registry.
+    let mut cmd = kforge_build(&engine.url(), home.path());
+    cmd.arg("-f").arg(&dockerfile).args(["--to", &target]);
+    let e = fails(&mut cmd);
+    assert!(e.contains(&format!("base image {runtime}")) || e.contains(&runtime), "{e}");
+    assert!(e.contains(registry.host()), "{e}");
+    assert!(registry.tags("private/out").is_empty(), "nothing was pushed");
+
+    // With them (served through the session, and given to the engine's push): built and pushed.
+    let auth = registry.auth_file(user, password);
+    let mut cmd = kforge_build(&engine.url(), home.path());
+    cmd.arg("-f").arg(&dockerfile).arg("--auth-file").arg(&auth).args(["--to", &target]);
+    let out = output(&mut cmd);
+    assert!(out.status.success(), "{}\nengine log:\n{}", text(&out.stderr), engine.log_tail(30));
+    pushed_digest(&registry, &text(&out.stdout), "private/out", "1");
+    // The engine's own CLI holds no credentials: they came with the request.
+    assert!(!engine.cli_config().join("config.json").exists());
+}
+
+#[test]
+fn build_errors_name_the_problem() {
+    let engine = Engine::start();
+    let registry = Registry::start_plain();
+    let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
+    let home = tempfile::tempdir().expect("tempdir");
+    let run = |dockerfile: &str, tag: &str| {
+        let path = home.path().join(format!("Dockerfile.{tag}"));
+        std::fs::write(&path, dockerfile).expect("write Dockerfile");
+        let mut cmd = kforge_build(&engine.url(), home.path());
+        cmd.arg("-f").arg(&path).args(["--to", &format!("{}/errors/x:{tag}", registry.host())]);
+        fails(&mut cmd)
+    };
+
+    let e = run(&format!("FROM {runtime}\nRUN true\nFORM x\n"), "typo");
+    assert!(e.contains("Dockerfile error") && e.contains("line 3") && e.contains("FORM"), "{e}");
+
+    let e = run(&format!("FROM {runtime}\nRUN echo compiling; for i in 1 2 3; do echo line-$i; done; echo 'error: no rule' >&2; exit 2\n"), "run");
+    assert!(e.contains("step [2/2] RUN echo compiling"), "the failing step is named: {e}");
+    assert!(e.contains("exit code: 2"), "{e}");
+    assert!(e.contains("| line-3") && e.contains("| error: no rule"), "the last log lines are shown: {e}");
+
+    let missing = format!("{}/nope/base:1", registry.host());
+    let e = run(&format!("FROM {missing}\nRUN true\n"), "base");
+    assert!(e.contains(&format!("base image {missing}")) && e.contains("cannot be pulled"), "{e}");
+
+    assert!(registry.tags("errors/x").is_empty(), "no failed build pushed anything");
+
+    // An engine that is not there.
+    let gone = home.path().join("absent.sock");
+    let mut cmd = kforge_build(&format!("docker://{}", gone.display()), home.path());
+    cmd.arg("-f").arg(home.path().join("Dockerfile.typo")).args(["--to", &format!("{}/errors/x:gone", registry.host())]);
+    let e = fails(&mut cmd);
+    assert!(e.contains("unreachable") && e.contains(&gone.display().to_string()), "{e}");
+}
+
+/// A standalone buildkitd (what runs in a cluster), when `BUILDKIT_HOST` names one: the same
+/// build, exported by BuildKit's own image exporter with push.
+#[test]
+fn standalone_buildkitd_when_buildkit_host_is_set() {
+    let Some(host) = std::env::var("BUILDKIT_HOST").ok().filter(|h| !h.is_empty()) else {
+        eprintln!("BUILDKIT_HOST is not set: skipping the standalone buildkitd test");
+        return;
+    };
+    // buildkitd must reach this registry: KFORGE_TEST_REGISTRY names one it can push to (and that
+    // this test can read with plain HTTP), e.g. a registry on the buildkitd host's loopback.
+    let Some(registry_host) = std::env::var("KFORGE_TEST_REGISTRY").ok().filter(|h| !h.is_empty()) else {
+        eprintln!("KFORGE_TEST_REGISTRY is not set: skipping the standalone buildkitd test");
+        return;
+    };
+    let home = tempfile::tempdir().expect("tempdir");
+    let dockerfile = home.path().join("Dockerfile");
+    let base = std::env::var("KFORGE_TEST_BASE").unwrap_or_else(|_| "docker.io/library/busybox:latest".into());
+    std::fs::write(&dockerfile, format!("FROM {base}\nARG KERNEL_FULL_VERSION\nRUN echo $KERNEL_FULL_VERSION > /kernel\n")).expect("write");
+    let target = format!("{registry_host}/kforge-e2e/standalone:{}", std::process::id());
+    let mut cmd = kforge_build(&host, home.path());
+    cmd.arg("-f").arg(&dockerfile).args(["--build-arg", "KERNEL_FULL_VERSION=6.1.0-test", "--insecure", "--to", &target]);
+    let stdout = ok(&mut cmd);
+    assert!(stdout.trim().starts_with(&format!("{registry_host}/kforge-e2e/standalone@sha256:")), "{stdout}");
+}
+
+/// `kforge serve` running the Builder service against the engine, for gRPC callers.
+struct Service {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Service {
+    fn start(buildkit: &str, data: &Path) -> Service {
+        use std::io::BufRead;
+        let mut child = support::kforge()
+            .args(["serve", "--listen", "127.0.0.1:0", "--buildkit", buildkit])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0")
+            .env("DOCKER_CONFIG", data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kforge serve");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let addr = first.strip_prefix("kforge signer listening on ").unwrap_or_else(|| panic!("kforge serve did not start: {first}")).to_string();
+        let _metrics = lines.next();
+        let builder_line = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert!(builder_line.contains(buildkit), "{builder_line}");
+        Service { child, addr }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_builder_service_builds_and_shares_identical_requests() {
+    use kforge_proto::builder::v1::{build_event::Event as E, builder_client::BuilderClient, BuildArg, BuildRequest, ContextFile, ImageRequest, RegistryTls};
+
+    let abi = kernel_abi();
+    let engine = Engine::start();
+    let registry = Registry::start_plain();
+    let dtk = dtk::push_dtk(&registry, &abi, &format!("dtk:{abi}"));
+    let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
+    let data = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(&engine.url(), data.path());
+    let target = format!("{}/service/kforge_hello:{abi}", registry.host());
+    let context = std::fs::read_dir(module_sources())
+        .expect("module sources")
+        .flatten()
+        .map(|e| ContextFile { path: e.file_name().to_string_lossy().into_owned(), mode: 0o644, data: std::fs::read(e.path()).expect("read source").into() })
+        .collect::<Vec<_>>();
+    let request = BuildRequest {
+        image: target.clone(),
+        dockerfile: std::fs::read_to_string(kmm_dockerfile()).expect("Dockerfile"),
+        // KMM's arguments come from kernel, module name and namespace.
+        kernel: abi.clone(),
+        module_name: "kforge_hello".into(),
+        module_namespace: "kmm-test".into(),
+        build_args: vec![BuildArg { name: "DTK_AUTO".into(), value: dtk.clone() }, BuildArg { name: "RUNTIME_IMAGE".into(), value: runtime.clone() }],
+        context,
+        ..Default::default()
+    };
+
+    let runtime_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
+    runtime_rt.block_on(async {
+        let url = format!("http://{}", service.addr);
+        let client = BuilderClient::connect(url).await.expect("connect to kforge serve");
+
+        let image_request = ImageRequest { image: target.clone(), registry_tls: Some(RegistryTls { insecure: true, ..Default::default() }), ..Default::default() };
+        let exists = client.clone().image_exists(image_request.clone()).await.expect("ImageExists").into_inner().exists;
+        assert!(!exists, "nothing is there yet");
+
+        // Two identical requests at once: one solve, both get the image, one says it joined.
+        let run = |mut c: BuilderClient<tonic::transport::Channel>, r: BuildRequest| async move {
+            let mut stream = c.build(r).await.expect("Build").into_inner();
+            let mut steps = Vec::new();
+            let mut last = None;
+            while let Some(ev) = stream.message().await.expect("event stream") {
+                match ev.event {
+                    Some(E::Step(s)) => steps.push(s.name),
+                    Some(other) => last = Some(other),
+                    None => {}
+                }
+            }
+            (steps, last)
+        };
+        let (a, b) = tokio::join!(run(client.clone(), request.clone()), run(client.clone(), request.clone()));
+        let (Some(E::Done(da)), Some(E::Done(db))) = (&a.1, &b.1) else { panic!("both builds finish: {:?} / {:?}", a.1, b.1) };
+        assert_eq!(da.image, db.image);
+        assert!(da.joined != db.joined, "exactly one request joined the other's build: {da:?} {db:?}");
+        assert!(a.0.iter().any(|s| s.contains("RUN make")) && b.0.iter().any(|s| s.contains("RUN make")), "both saw the steps");
+        assert!(da.image.starts_with(&format!("{}/service/kforge_hello@sha256:", registry.host())), "{da:?}");
+        assert!(!da.skipped);
+
+        let exists = client.clone().image_exists(image_request).await.expect("ImageExists").into_inner().exists;
+        assert!(exists);
+        // Asked again: the target exists, nothing is built.
+        let (_, last) = run(client.clone(), request.clone()).await;
+        assert!(matches!(&last, Some(E::Done(d)) if d.skipped && d.image == da.image), "{last:?}");
+
+        // A bad request is refused before anything runs.
+        let bad = BuildRequest { image: "not a reference".into(), ..request.clone() };
+        let mut c = client.clone();
+        let refused = c.build(bad).await.expect_err("invalid target");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    });
+
+    // The module is right (built once, for the headers' kernel).
+    let work = tempfile::tempdir().expect("tempdir");
+    let rootfs = unpack(&registry, &target, work.path());
+    let vermagic = modinfo(&rootfs.join(format!("opt/lib/modules/{abi}/kforge_hello.ko")), "vermagic");
+    assert!(vermagic.starts_with(&format!("{abi} ")), "{vermagic}");
+}
