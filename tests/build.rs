@@ -229,6 +229,15 @@ fn build_errors_name_the_problem() {
 
     assert!(registry.tags("errors/x").is_empty(), "no failed build pushed anything");
 
+    // A registry that refuses the push (nothing listens there): the build succeeds, the push fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let mut cmd = kforge_build(&engine.url(), home.path());
+    cmd.arg("-f").arg(home.path().join("Dockerfile.run")).args(["--to", &format!("{closed}/errors/x:push")]);
+    std::fs::write(home.path().join("Dockerfile.run"), format!("FROM {runtime}\nRUN true\n")).expect("write Dockerfile");
+    let e = fails(&mut cmd);
+    let error = e.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {e}"));
+    assert!(error.contains(&format!("push of {closed}/errors/x:push")), "{error}");
+
     // An engine that is not there.
     let gone = home.path().join("absent.sock");
     let mut cmd = kforge_build(&format!("docker://{}", gone.display()), home.path());
