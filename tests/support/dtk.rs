@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::registry::{Registry, layer_count, skopeo_copy, skopeo_raw_manifest};
+use super::registry::{Registry, layer_count, run_ok_bytes, skopeo_copy, skopeo_raw_manifest};
 
 /// The tag of the image in a cached DTK layout (`oci:<layout>:dtk`).
 pub const DTK_TAG: &str = "dtk";
@@ -190,12 +190,12 @@ fn build(packages: &str, tag: &str, label: &str, work: &Path) -> PathBuf {
 
     let oci = work.join("oci");
     let image = format!("{}:{tag}", oci.display());
-    run_ok(Command::new("umoci").arg("init").arg("--layout").arg(&oci));
-    run_ok(Command::new("umoci").args(["new", "--image", &image]));
+    run_ok_bytes(Command::new("umoci").arg("init").arg("--layout").arg(&oci));
+    run_ok_bytes(Command::new("umoci").args(["new", "--image", &image]));
     let created_by = format!("mmdebstrap --variant=minbase {include} bookworm");
-    run_ok(Command::new("umoci").args(["raw", "add-layer", "--image", &image, "--history.created_by", &created_by]).arg(&tar));
+    run_ok_bytes(Command::new("umoci").args(["raw", "add-layer", "--image", &image, "--history.created_by", &created_by]).arg(&tar));
     std::fs::remove_file(&tar).unwrap_or_else(|e| panic!("remove {}: {e}", tar.display()));
-    run_ok(Command::new("umoci").args(["config", "--image", &image, "--no-history", "--os", "linux", "--architecture", "amd64"]).args([
+    run_ok_bytes(Command::new("umoci").args(["config", "--image", &image, "--no-history", "--os", "linux", "--architecture", "amd64"]).args([
         "--config.env",
         PATH_ENV,
         "--config.cmd",
@@ -205,20 +205,9 @@ fn build(packages: &str, tag: &str, label: &str, work: &Path) -> PathBuf {
         "--config.label",
         label,
     ]));
-    run_ok(Command::new("umoci").arg("gc").arg("--layout").arg(&oci));
+    run_ok_bytes(Command::new("umoci").arg("gc").arg("--layout").arg(&oci));
     let manifest = skopeo_raw_manifest(&format!("oci:{image}"), &[]);
     assert_eq!(layer_count(&manifest), Some(1), "the image should have one layer:\n{}", String::from_utf8_lossy(&manifest));
     oci
 }
 
-/// Runs a command that must succeed; panics with its output otherwise.
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}

@@ -431,7 +431,8 @@ fn is_root() -> bool {
     })
 }
 
-fn run_ok_bytes(cmd: &mut Command) -> Vec<u8> {
+/// Runs a command that must succeed and returns its stdout; panics with its output otherwise.
+pub fn run_ok_bytes(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
