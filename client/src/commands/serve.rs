@@ -1,5 +1,6 @@
 //! `kforge serve`: the signing and build services on one port.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,12 +64,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let mut running = kforge_signer_service::serve(config).await?;
-        println!("kforge signer listening on {}", running.addr);
-        match running.metrics_addr {
-            Some(m) => println!("metrics on http://{m}/metrics"),
-            None => println!("metrics disabled"),
-        }
-        println!("{builder_line}");
+        let metrics = match running.metrics_addr {
+            Some(m) => format!("metrics on http://{m}/metrics"),
+            None => "metrics disabled".to_string(),
+        };
+        // One write, errors ignored: whoever started us may stop reading after the address.
+        let banner = format!("kforge signer listening on {}\n{metrics}\n{builder_line}\n", running.addr);
+        let _ = std::io::stdout().lock().write_all(banner.as_bytes());
         let stop = running.shutdown_handle();
         tokio::spawn(async move {
             wait_for_signal().await;
