@@ -69,17 +69,25 @@ pub struct PlainPrinter<W: Write> {
     /// Per step: announced, finished.
     state: HashMap<String, (bool, bool)>,
     last_push: HashMap<String, String>,
+    /// Sub-tasks (step, name) announced and finished.
+    progress: HashMap<(String, String), bool>,
+    progress_started: std::collections::HashSet<(String, String)>,
 }
 
 impl<W: Write> PlainPrinter<W> {
     /// A printer writing to `out`.
     pub fn new(out: W) -> Self {
-        PlainPrinter { out, numbers: HashMap::new(), state: HashMap::new(), last_push: HashMap::new() }
+        PlainPrinter { out, numbers: HashMap::new(), state: HashMap::new(), last_push: HashMap::new(), progress: HashMap::new(), progress_started: Default::default() }
     }
 
     fn number(&mut self, id: &str) -> usize {
         let next = self.numbers.len() + 1;
         *self.numbers.entry(id.to_string()).or_insert(next)
+    }
+
+    /// Whether a sub-task was already announced; marks it announced.
+    fn announced_progress(&mut self, step: &str, name: &str) -> bool {
+        !self.progress_started.insert((step.to_string(), name.to_string()))
     }
 
     /// Writes one event; I/O errors are ignored (progress output must never fail a build).
@@ -115,16 +123,19 @@ impl<W: Write> PlainPrinter<W> {
                     writeln!(self.out, "#{n} {line}")?;
                 }
             }
-            Event::Progress { step, name, current, total, completed } => {
-                if *completed {
-                    let n = self.number(step);
+            Event::Progress { step, name, total, completed, .. } => {
+                // BuildKit repeats a sub-task's status while it runs: print its start and end once.
+                let n = self.number(step);
+                let done = self.progress.entry((step.clone(), name.clone())).or_insert(false);
+                if *done {
+                } else if *completed {
+                    *done = true;
                     if *total > 0 {
                         writeln!(self.out, "#{n} {name} {} done", human(*total))?;
                     } else {
                         writeln!(self.out, "#{n} {name} done")?;
                     }
-                } else if *current == 0 {
-                    let n = self.number(step);
+                } else if !self.announced_progress(step, name) {
                     writeln!(self.out, "#{n} {name}")?;
                 }
             }
@@ -176,12 +187,17 @@ mod tests {
         p.print(&Event::Step(Step { cached: true, completed: true, ..step("c", "[1/3] FROM base") }));
         p.print(&Event::Push("abc: Pushing".into()));
         p.print(&Event::Push("abc: Pushing".into()));
+        for current in [0, 0, 5, 9] {
+            p.print(&Event::Progress { step: "c".into(), name: "extracting sha256:1".into(), current, total: 0, completed: false });
+        }
+        p.print(&Event::Progress { step: "c".into(), name: "extracting sha256:1".into(), current: 9, total: 0, completed: true });
+        p.print(&Event::Progress { step: "c".into(), name: "extracting sha256:1".into(), current: 9, total: 0, completed: true });
         p.print(&Event::Push("abc: Pushed".into()));
         p.print(&Event::Step(Step { error: Some("exit code: 2".into()), ..step("b", "[2/3] RUN make") }));
         let text = String::from_utf8(out).expect("utf-8");
         assert_eq!(
             text,
-            "#1 [internal] load build definition\n#1 DONE 0.1s\n#2 [2/3] RUN make\n#2 cc -c hello.c\n#2 ld hello.o\n#3 [1/3] FROM base\n#3 CACHED\npush: abc: Pushing\npush: abc: Pushed\n#2 ERROR: exit code: 2\n"
+            "#1 [internal] load build definition\n#1 DONE 0.1s\n#2 [2/3] RUN make\n#2 cc -c hello.c\n#2 ld hello.o\n#3 [1/3] FROM base\n#3 CACHED\npush: abc: Pushing\n#3 extracting sha256:1\n#3 extracting sha256:1 done\npush: abc: Pushed\n#2 ERROR: exit code: 2\n"
         );
     }
 }

@@ -3,7 +3,8 @@
 # on the same private Docker engine (Debian's docker.io, 20.10 with BuildKit embedded), same run.
 #
 #   A. kforge build --buildkit docker://<private socket>: drives the engine's BuildKit over gRPC
-#      (Dockerfile frontend, the build context through a session) and has BuildKit push the result.
+#      (Dockerfile frontend, the Dockerfile and context as LLB inputs, secrets and credentials through
+#      a session), exports into the engine (moby exporter) and has the engine push the result.
 #   B. DOCKER_BUILDKIT=1 docker build --network none -t … then docker push (Debian's /usr/bin/docker
 #      CLI, 20.10, matching the engine), timed separately and together.
 #
@@ -17,8 +18,8 @@
 # $XDG_CACHE_HOME/kforge-tests, else ~/.cache/kforge-tests. If missing, they are built here the way
 # dtk.rs builds them (mmdebstrap + umoci, under the same lock file), so the tests reuse them.
 #
-# Measured, REPEAT times, alternating which tool goes first (odd runs kforge first, even runs docker
-# first):
+# After WARMUP untimed cold builds of each tool, measured REPEAT times, alternating which tool goes
+# first (odd runs kforge first, even runs docker first):
 #   cold: before each tool's cold build the engine is emptied (all images removed, BuildKit cache
 #         pruned), so both pull the two bases, unpack them and compile the module;
 #   warm: right after its cold build, each tool builds again with everything cached, to a new tag
@@ -32,6 +33,7 @@
 # Usage: tests/bench/build.sh
 # Environment:
 #   REPEAT      cold/warm repetitions per tool (default 3)
+#   WARMUP      untimed cold builds of each tool before the timed ones (default 1)
 #   BENCH_DIR   work dir (default target/bench/build, relative to the repo root)
 #   KFORGE      kforge binary to use as is; by default `cargo build --release -p kforge` is run and
 #               target/release/kforge used
@@ -43,7 +45,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 W=$(abs_dir "${BENCH_DIR:-target/bench/build}")
 REPEAT=${REPEAT:-3}
+WARMUP=${WARMUP:-1}
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer, not $REPEAT"
+[[ $WARMUP =~ ^[0-9]+$ ]] || die "WARMUP must be a number, not $WARMUP"
 # Debian's docker CLI (20.10), matching its engine; /usr/local/bin may hold another one.
 DOCKER=/usr/bin/docker
 cache=${KFORGE_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kforge-tests}
@@ -323,6 +327,15 @@ run_docker() {
     d_warm_b[i]=$t_build d_warm_p[i]=$t_push d_warm[i]=$(add "$t_build" "$t_push")
     log "run $i: docker warm ${d_warm[i]} s (build $t_build + push $t_push; $(steps_of "$W/logs/docker-warm-$i.build"))"
 }
+# Untimed first: the first build on a fresh engine (and the first reads of the registry's blobs) is
+# slower, and would always penalise the tool that goes first in run 1.
+for ((i = 1; i <= WARMUP; i++)); do
+    reset_engine
+    log "warm-up $i: kforge, then docker (untimed)"
+    kforge_build "warmup-$i" "kforge-warmup-$i"
+    reset_engine
+    docker_build "warmup-$i" "docker-warmup-$i"
+done
 for ((i = 1; i <= REPEAT; i++)); do
     if ((i % 2)); then
         order="kforge, docker"
@@ -442,14 +455,14 @@ Build: dockerfiles/kmm-module.Dockerfile, context tests/modules/kforge_hello, KE
   DTK_AUTO=$dtk ($(mb "$dtk_size") MB compressed), RUNTIME_IMAGE=$runtime ($(mb "$runtime_size") MB)
   results: kforge $img_kf; docker $img_d; both checked (module, vermagic, modules.dep, labels)
 Machine: $cpu, nproc = $(nproc); 1-min load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)
-Cold = engine emptied before each tool (images removed, BuildKit cache pruned): pull both bases, compile, push.
+Cold = after $WARMUP untimed cold build(s) of each tool, engine emptied before each tool (images removed, BuildKit cache pruned): pull both bases, compile, push.
 Warm = the same build again right after, new tag, everything cached (kforge --force).
 docker figures are build + push (s).
 
 | run | order | kforge cold | docker cold (build + push) | kforge warm | docker warm (build + push) |
 | ---: | --- | ---: | ---: | ---: | ---: |
 $(printf '%s\n' "${rows[@]}")
-| median | | $m_kf_cold | $m_d_cold ($m_d_cold_b + $m_d_cold_p) | $m_kf_warm | $m_d_warm ($m_d_warm_b + $m_d_warm_p) |
+| median | | $m_kf_cold | $m_d_cold (medians $m_d_cold_b, $m_d_cold_p) | $m_kf_warm | $m_d_warm (medians $m_d_warm_b, $m_d_warm_p) |
 
 cold: kforge $m_kf_cold s vs docker build + push $m_d_cold s: overhead ${overhead}% (target <= 10%): $cold_verdict
 warm: kforge $m_kf_warm s vs docker build + push $m_d_warm s: difference ${warm_diff} s (target <= 0.3 s): $warm_verdict
