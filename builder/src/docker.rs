@@ -57,6 +57,23 @@ pub(crate) async fn version(socket: &Path) -> std::io::Result<String> {
     Ok(json.get("Version").and_then(|v| v.as_str()).unwrap_or("unknown").to_string())
 }
 
+/// `GET path` on the engine, the body left to stream.
+pub(crate) async fn get(socket: &Path, path: &str) -> std::io::Result<http::Response<hyper::body::Incoming>> {
+    let req = Request::get(path).header("Host", "docker").body(Empty::new()).map_err(std::io::Error::other)?;
+    send(socket, req).await
+}
+
+/// `DELETE /images/{name}`: removes a local tag (the layers stay while other images use them).
+pub(crate) async fn remove_image(socket: &Path, name: &str) -> std::io::Result<()> {
+    let req = Request::delete(format!("/images/{name}")).header("Host", "docker").body(Empty::new()).map_err(std::io::Error::other)?;
+    let resp = send(socket, req).await?;
+    if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("DELETE /images/{name} answered {}", resp.status())))
+    }
+}
+
 /// Registry credentials in the engine's `X-Registry-Auth` form (base64url JSON).
 pub(crate) fn registry_auth_header(registry: &str, username: &str, password: &str) -> String {
     let json = serde_json::json!({ "username": username, "password": password, "serveraddress": registry });

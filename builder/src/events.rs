@@ -60,6 +60,8 @@ pub enum Event {
     },
     /// A line of the push of the result (Docker engine).
     Push(String),
+    /// What kforge itself is doing (reuse, retries, signing).
+    Message(String),
 }
 
 /// Renders events like `buildctl --progress=plain`: `#N name`, log lines, `#N DONE 1.2s`.
@@ -143,6 +145,7 @@ impl<W: Write> PlainPrinter<W> {
                 let n = self.number(step);
                 writeln!(self.out, "#{n} WARNING: {message}")?;
             }
+            Event::Message(text) => writeln!(self.out, "kforge: {text}")?,
             Event::Push(line) => {
                 // The engine repeats "id: Pushing" for every chunk; print each change once.
                 let (id, status) = line.split_once(": ").unwrap_or(("", line));

@@ -12,7 +12,9 @@ mod docker;
 mod endpoint;
 mod error;
 mod events;
+mod export;
 mod llb;
+mod pipeline;
 mod session;
 mod shared;
 mod solve;
@@ -21,6 +23,7 @@ pub use endpoint::{Daemon, Endpoint, TlsFiles, DEFAULT_DOCKER_SOCKET};
 pub use error::{BuildFailure, Error, FailureKind, Result};
 pub use events::{Event, PlainPrinter, Step};
 pub use llb::InputFile;
+pub use pipeline::{build_and_sign, BuildSign, SignStep, INPUTS_LABEL};
 pub use shared::{BuildHandle, Builder, BuilderOptions};
 pub use solve::{build, BuildOutput, BuildSpec};
 

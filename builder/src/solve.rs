@@ -43,6 +43,8 @@ pub struct BuildSpec {
     pub network: bool,
     /// Ignore BuildKit's cache.
     pub no_cache: bool,
+    /// Labels added to the image config (`LABEL`), e.g. the hash of the build inputs.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl BuildSpec {
@@ -74,6 +76,10 @@ impl BuildSpec {
             field("secret-data", &Sha256::digest(v));
         }
         field("network", &[self.network as u8, self.no_cache as u8]);
+        for (k, v) in &self.labels {
+            field("label", k.as_bytes());
+            field("label-value", v.as_bytes());
+        }
         format!("sha256:{}", hex::encode(h.finalize()))
     }
 }
@@ -187,10 +193,31 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Where a solve's result goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// Pushed to the target tag.
+    Push,
+    /// Into the Docker engine's image store under this name, not pushed.
+    Engine(String),
+    /// Pushed to the target's repository by digest only: no tag points at it.
+    PushByDigest,
+}
+
 /// Builds `spec` on `daemon` and pushes the result; events go to `events` as they happen.
 /// Dropping the future cancels the solve.
 pub async fn build(daemon: &Daemon, spec: &BuildSpec, events: &UnboundedSender<Event>) -> Result<BuildOutput> {
     let target = Target::parse(&spec.image)?;
+    let digest = solve(daemon, spec, &Output::Push, events).await?.unwrap_or_default();
+    Ok(BuildOutput { image: format!("{}@{digest}", target.name()), digest, skipped: false })
+}
+
+/// Runs the solve and delivers the result as `output` says; returns the pushed digest, if pushed.
+pub(crate) async fn solve(daemon: &Daemon, spec: &BuildSpec, output: &Output, events: &UnboundedSender<Event>) -> Result<Option<String>> {
+    let target = Target::parse(&spec.image)?;
+    if *output == Output::PushByDigest && daemon.endpoint().is_docker() {
+        return Err(Error::Request("a Docker engine cannot push by digest; export to the engine instead".into()));
+    }
     if spec.dockerfile.trim().is_empty() {
         return Err(Error::Request("the Dockerfile is empty".into()));
     }
@@ -216,11 +243,22 @@ pub async fn build(daemon: &Daemon, spec: &BuildSpec, events: &UnboundedSender<E
     if !spec.network {
         frontend_attrs.insert("force-network-mode".into(), "none".into());
     }
-    let (exporter, mut attrs) = if daemon.endpoint().is_docker() {
+    for (k, v) in &spec.labels {
+        frontend_attrs.insert(format!("label:{k}"), v.clone());
+    }
+    let (exporter, mut attrs) = match output {
         // The engine's BuildKit exports into the engine's image store; the engine pushes after.
-        ("moby", HashMap::from([("name".to_string(), target.tagged())]))
-    } else {
-        ("image", HashMap::from([("name".to_string(), target.tagged()), ("push".to_string(), "true".to_string())]))
+        Output::Push if daemon.endpoint().is_docker() => ("moby", HashMap::from([("name".to_string(), target.tagged())])),
+        Output::Engine(name) => ("moby", HashMap::from([("name".to_string(), name.clone())])),
+        Output::Push => ("image", HashMap::from([("name".to_string(), target.tagged()), ("push".to_string(), "true".to_string())])),
+        Output::PushByDigest => (
+            "image",
+            HashMap::from([
+                ("name".to_string(), target.name()),
+                ("push".to_string(), "true".to_string()),
+                ("push-by-digest".to_string(), "true".to_string()),
+            ]),
+        ),
     };
     if spec.insecure_registry && !daemon.endpoint().is_docker() {
         attrs.insert("registry.insecure".into(), "true".into());
@@ -287,6 +325,9 @@ pub async fn build(daemon: &Daemon, spec: &BuildSpec, events: &UnboundedSender<E
         }
     };
 
+    if let Output::Engine(_) = output {
+        return Ok(None);
+    }
     let digest = if let crate::Endpoint::Docker { socket } = daemon.endpoint() {
         let (user, password) = match spec.credentials.auth_for(&target.registry) {
             RegistryAuth::Basic(u, p) => (u, p),
@@ -305,7 +346,7 @@ pub async fn build(daemon: &Daemon, spec: &BuildSpec, events: &UnboundedSender<E
             cause: "BuildKit reported no containerimage.digest".into(),
         })?
     };
-    Ok(BuildOutput { image: format!("{}@{digest}", target.name()), digest, skipped: false })
+    Ok(Some(digest))
 }
 
 /// Describes a failed solve: the step, its last log lines, and what kind of failure it was.

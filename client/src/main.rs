@@ -29,6 +29,10 @@ enum Command {
     SignImage(commands::sign_image::Args),
     /// Build an image through BuildKit (buildkitd or a Docker engine) and push it.
     Build(commands::build::Args),
+    /// Build and sign a module image for one kernel in one request (KMM's build and sign sections).
+    BuildSign(commands::build_sign::Args),
+    /// The Driver Toolkit image (DTK_AUTO) for a kernel.
+    Dtk(commands::dtk::Args),
     /// Verify modules' signatures against a certificate.
     Verify(commands::verify::Args),
     /// Show what is in modules and their signatures, without checking trust.
@@ -49,6 +53,8 @@ fn main() -> ExitCode {
         Command::Sign(args) => commands::sign::run(args),
         Command::SignImage(args) => commands::sign_image::run(args),
         Command::Build(args) => commands::build::run(args),
+        Command::BuildSign(args) => commands::build_sign::run(args),
+        Command::Dtk(args) => commands::dtk::run(args),
         Command::Verify(args) => commands::verify::run(args),
         Command::Inspect(args) => commands::verify::inspect(args),
     };

@@ -17,12 +17,28 @@ const MAX_CONTEXT_BYTES: u64 = 32 << 20;
 /// Arguments of `kforge build`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub build: BuildArgs,
+    /// Where to push the result: registry/repo:tag.
+    #[arg(long)]
+    to: String,
+    /// Build even if the target already exists.
+    #[arg(long)]
+    force: bool,
+    /// Also write the pushed digest reference to this file.
+    #[arg(long)]
+    digest_file: Option<PathBuf>,
+}
+
+/// What a build needs, shared by `kforge build` and `kforge build-sign`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
     /// BuildKit address: docker://[/path/docker.sock], unix:///path/buildkitd.sock or tcp://host:port.
     #[arg(long, env = "BUILDKIT_HOST", default_value = "docker://")]
-    buildkit: String,
+    pub buildkit: String,
     /// The Dockerfile.
     #[arg(long, short = 'f')]
-    file: PathBuf,
+    pub file: Option<PathBuf>,
     /// A directory whose files form the build context (module sources); none by default.
     #[arg(long)]
     context: Option<PathBuf>,
@@ -35,19 +51,13 @@ pub struct Args {
     /// The stage to build.
     #[arg(long)]
     target: Option<String>,
-    /// Where to push the result: registry/repo:tag.
-    #[arg(long)]
-    to: String,
-    /// Build even if the target already exists.
-    #[arg(long)]
-    force: bool,
     /// Push to the target registry over plain HTTP (loopback registries always are).
     #[arg(long)]
-    insecure: bool,
+    pub insecure: bool,
     /// Registry credentials in docker config.json / .dockerconfigjson form, served to BuildKit for
     /// base pulls and the push (default: $DOCKER_CONFIG/config.json or ~/.docker/config.json).
     #[arg(long)]
-    auth_file: Option<PathBuf>,
+    pub auth_file: Option<PathBuf>,
     /// Let RUN steps use the network (off by default: module builds need none).
     #[arg(long)]
     network: bool,
@@ -59,7 +69,7 @@ pub struct Args {
     deadline: u64,
     /// Progress output: auto (a live view on a terminal, else plain), plain, or quiet.
     #[arg(long, default_value = "auto", value_parser = ["auto", "plain", "quiet"])]
-    progress: String,
+    pub progress: String,
     /// CA certificate of a tcp:// buildkitd (PEM).
     #[arg(long)]
     tlscacert: Option<PathBuf>,
@@ -72,9 +82,54 @@ pub struct Args {
     /// Name on buildkitd's certificate, if not its host name.
     #[arg(long)]
     tls_server_name: Option<String>,
-    /// Also write the pushed digest reference to this file.
-    #[arg(long)]
-    digest_file: Option<PathBuf>,
+}
+
+impl BuildArgs {
+    /// The BuildKit endpoint, with TLS files for tcp://.
+    pub fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        let mut endpoint: Endpoint = self.buildkit.parse()?;
+        if self.tlscacert.is_some() || self.tlscert.is_some() || self.tlskey.is_some() {
+            endpoint = endpoint.with_tls(TlsFiles { ca: self.tlscacert.clone(), cert: self.tlscert.clone(), key: self.tlskey.clone(), server_name: self.tls_server_name.clone() })?;
+        }
+        Ok(endpoint)
+    }
+
+    /// Registry credentials: --auth-file, else the docker config of the environment.
+    pub fn credentials(&self) -> anyhow::Result<DockerConfig> {
+        Ok(match &self.auth_file {
+            Some(f) => DockerConfig::load(f)?,
+            None => DockerConfig::from_environment()?,
+        })
+    }
+
+    /// The build of `image` these arguments describe (extra build args win over none).
+    pub fn spec(&self, image: &str, extra_args: BTreeMap<String, String>) -> anyhow::Result<BuildSpec> {
+        let file = self.file.as_ref().context("--file (the Dockerfile) is required")?;
+        let dockerfile = std::fs::read_to_string(file).with_context(|| format!("cannot read the Dockerfile {}", file.display()))?;
+        let mut args = extra_args;
+        args.extend(build_args(&self.build_args)?);
+        Ok(BuildSpec {
+            image: image.to_string(),
+            dockerfile,
+            context: match &self.context {
+                Some(dir) => context_files(dir)?,
+                None => Vec::new(),
+            },
+            build_args: args,
+            target: self.target.clone(),
+            secrets: secrets(&self.secrets)?,
+            credentials: Arc::new(self.credentials()?),
+            insecure_registry: self.insecure,
+            network: self.network,
+            no_cache: self.no_cache,
+            labels: Default::default(),
+        })
+    }
+
+    /// The build deadline.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_secs(self.deadline.max(1))
+    }
 }
 
 /// Parses `NAME=VALUE` build arguments.
@@ -142,41 +197,15 @@ fn context_files(dir: &Path) -> anyhow::Result<Vec<InputFile>> {
 
 /// Builds, pushes and prints the digest reference.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut endpoint: Endpoint = args.buildkit.parse()?;
-    if args.tlscacert.is_some() || args.tlscert.is_some() || args.tlskey.is_some() {
-        endpoint = endpoint.with_tls(TlsFiles {
-            ca: args.tlscacert.clone(),
-            cert: args.tlscert.clone(),
-            key: args.tlskey.clone(),
-            server_name: args.tls_server_name.clone(),
-        })?;
-    }
-    let dockerfile = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read the Dockerfile {}", args.file.display()))?;
-    let spec = BuildSpec {
-        image: args.to.clone(),
-        dockerfile,
-        context: match &args.context {
-            Some(dir) => context_files(dir)?,
-            None => Vec::new(),
-        },
-        build_args: build_args(&args.build_args)?,
-        target: args.target.clone(),
-        secrets: secrets(&args.secrets)?,
-        credentials: Arc::new(match &args.auth_file {
-            Some(f) => DockerConfig::load(f)?,
-            None => DockerConfig::from_environment()?,
-        }),
-        insecure_registry: args.insecure,
-        network: args.network,
-        no_cache: args.no_cache,
-    };
+    let endpoint = args.build.endpoint()?;
+    let spec = args.build.spec(&args.to, BTreeMap::new())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let started = Instant::now();
     let out = runtime.block_on(async {
         let daemon = Daemon::connect(&endpoint).await?;
-        let builder = Builder::new(daemon, BuilderOptions { deadline: Duration::from_secs(args.deadline.max(1)) });
+        let builder = Builder::new(daemon, BuilderOptions { deadline: args.build.deadline() });
         let mut handle = builder.start(spec, args.force)?;
-        let mut view = View::new(&args.progress);
+        let mut view = View::new(&args.build.progress);
         while let Some(event) = handle.next_event().await {
             view.show(&event);
         }
@@ -189,21 +218,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("built and pushed {} in {:.1}s", args.to, started.elapsed().as_secs_f64());
     }
     println!("{}", out.image);
-    if let Some(path) = &args.digest_file {
-        std::fs::write(path, format!("{}\n", out.image)).with_context(|| format!("{}: cannot write the digest", path.display()))?;
+    write_digest(args.digest_file.as_deref(), &out.image)
+}
+
+/// Writes the digest reference to `path`, if given.
+pub fn write_digest(path: Option<&Path>, image: &str) -> anyhow::Result<ExitCode> {
+    if let Some(path) = path {
+        std::fs::write(path, format!("{image}\n")).with_context(|| format!("{}: cannot write the digest", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Progress output: plain lines (like `buildctl --progress=plain`) on stderr, with a spinner naming
 /// the running step when stderr is a terminal.
-struct View {
+pub struct View {
     plain: Option<PlainPrinter<std::io::Stderr>>,
     spinner: Option<indicatif::ProgressBar>,
 }
 
 impl View {
-    fn new(mode: &str) -> Self {
+    /// A view for `--progress` mode.
+    pub fn new(mode: &str) -> Self {
         let tty = std::io::stderr().is_terminal();
         let plain = (mode != "quiet").then(|| PlainPrinter::new(std::io::stderr()));
         let spinner = (mode == "auto" && tty).then(|| {
@@ -214,7 +249,8 @@ impl View {
         View { plain, spinner }
     }
 
-    fn show(&mut self, event: &Event) {
+    /// Shows one event.
+    pub fn show(&mut self, event: &Event) {
         if let Some(p) = &mut self.plain {
             match &self.spinner {
                 // Print above the spinner so the two do not interleave.
@@ -229,7 +265,8 @@ impl View {
         }
     }
 
-    fn finish(&mut self) {
+    /// Clears the live view.
+    pub fn finish(&mut self) {
         if let Some(s) = self.spinner.take() {
             s.finish_and_clear();
         }

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 pub mod build;
+pub mod build_sign;
+pub mod dtk;
 pub mod keygen;
 pub mod serve;
 pub mod sign;

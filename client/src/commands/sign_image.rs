@@ -85,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         registries.per_registry.insert(host.clone(), kforge_image::RegistryTls { insecure: true, ..Default::default() });
     }
     let selection = if args.files.is_empty() { Selection::Default } else { Selection::Files(args.files.clone()) };
-    let req = SignImage { from, to: to.clone(), selection, signer, registries, work_dir: args.work_dir.clone(), audit: None, gzip_level: args.gzip_level };
+    let req = SignImage { from, to: to.clone(), selection, signer, registries, work_dir: args.work_dir.clone(), audit: None, gzip_level: args.gzip_level, labels: Default::default() };
 
     let verbose = std::io::stderr().is_terminal() || std::env::var_os("KFORGE_PROGRESS").is_some();
     let events: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e| report(&e, verbose));

@@ -28,5 +28,5 @@ pub use error::{Error, Result};
 pub use pipeline::{sign_image, AuditHook, Event, SignImage, SignedFile, SignedImage, DEFAULT_GZIP_LEVEL};
 pub use reference::ImageRef;
 pub use oci_client::secrets::RegistryAuth;
-pub use registry::{resolve_digest, RegistryOptions, RegistryTls};
+pub use registry::{image_labels, resolve_digest, RegistryOptions, RegistryTls};
 pub use select::Selection;

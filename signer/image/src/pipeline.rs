@@ -46,6 +46,8 @@ pub struct SignImage {
     pub audit: Option<AuditHook>,
     /// gzip level of the new layer, 1 to 9.
     pub gzip_level: u32,
+    /// Labels added to the signed image's config (for example the hash of the build inputs).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The default gzip level of the new layer: on the 394 MB module corpus, level 3 makes a layer 5%
@@ -283,7 +285,7 @@ async fn prepare(req: &SignImage, src: &Store, dst: &Store, doc: &Doc, name: &st
     drop(spool);
 
     let subject = req.signer.key().certificate().subject();
-    let config = new_config(&config, &layer, signed.len(), &subject, req.signer.hash().name(), name)?;
+    let config = new_config(&config, &layer, signed.len(), &subject, req.signer.hash().name(), name, &req.labels)?;
     let config_digest = crate::digest::of(&config);
     let mut m = doc.json.clone();
     m["config"]["digest"] = json!(config_digest);
@@ -309,9 +311,21 @@ async fn read_small_blob(src: &Store, d: &Descriptor, image: &str) -> Result<Byt
 }
 
 /// Adds the new layer's diff_id and a history entry to the config.
-fn new_config(config: &[u8], layer: &NewLayer, files: usize, subject: &str, hash: &str, image: &str) -> Result<Bytes, Error> {
+#[allow(clippy::too_many_arguments)]
+fn new_config(config: &[u8], layer: &NewLayer, files: usize, subject: &str, hash: &str, image: &str, labels: &std::collections::BTreeMap<String, String>) -> Result<Bytes, Error> {
     let bad = |reason: &str| Error::Malformed { image: image.into(), what: "config", reason: reason.into() };
     let mut c: Value = serde_json::from_slice(config).map_err(|e| bad(&e.to_string()))?;
+    if !labels.is_empty() {
+        if !c.get("config").is_some_and(Value::is_object) {
+            c["config"] = json!({});
+        }
+        if !c["config"].get("Labels").is_some_and(Value::is_object) {
+            c["config"]["Labels"] = json!({});
+        }
+        for (k, v) in labels {
+            c["config"]["Labels"][k] = json!(v);
+        }
+    }
     c.pointer_mut("/rootfs/diff_ids").and_then(Value::as_array_mut).ok_or_else(|| bad("no rootfs.diff_ids"))?.push(json!(layer.diff_id));
     let entry = json!({
         "created_by": "kforge sign-image",

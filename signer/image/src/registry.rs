@@ -236,6 +236,35 @@ pub async fn resolve_digest(image: &str, opts: &RegistryOptions) -> Result<Optio
     repo.manifest_digest(&at).await
 }
 
+/// An image's digest and its config labels (for an index, the linux/amd64 image's, else the
+/// first's); `None` if the registry does not have it.
+pub async fn image_labels(image: &str, opts: &RegistryOptions) -> Result<Option<(String, std::collections::BTreeMap<String, String>)>, Error> {
+    use tokio::io::AsyncReadExt;
+    let reference: Reference = image.parse().map_err(|e: oci_client::ParseError| Error::Reference { reference: image.to_string(), reason: e.to_string() })?;
+    let repo = RegistryRepo::connect(&reference, opts).await?;
+    let at = reference.digest().or(reference.tag()).unwrap_or("latest").to_string();
+    let Some(digest) = repo.manifest_digest(&at).await? else { return Ok(None) };
+    let bad = |reason: String| Error::Malformed { image: image.to_string(), what: "manifest", reason };
+    let (bytes, _) = repo.manifest(&digest).await?;
+    let mut doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if let Some(list) = doc.get("manifests").and_then(|m| m.as_array()) {
+        let amd64 = |m: &&serde_json::Value| m.pointer("/platform/architecture").and_then(|a| a.as_str()) == Some("amd64");
+        let chosen = list.iter().find(amd64).or(list.first()).and_then(|m| m.get("digest")).and_then(|d| d.as_str()).ok_or_else(|| bad("an empty index".into()))?;
+        let (inner, _) = repo.manifest(chosen).await?;
+        doc = serde_json::from_slice(&inner).map_err(|e| bad(e.to_string()))?;
+    }
+    let config = doc.pointer("/config/digest").and_then(|d| d.as_str()).ok_or_else(|| bad("no config".into()))?.to_string();
+    let mut raw = Vec::new();
+    repo.blob(&config).await?.take(16 << 20).read_to_end(&mut raw).await.map_err(|cause| Error::Stream { what: format!("{image} config"), cause })?;
+    let json: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| Error::Malformed { image: image.to_string(), what: "config", reason: e.to_string() })?;
+    let labels = json
+        .pointer("/config/Labels")
+        .and_then(|l| l.as_object())
+        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default();
+    Ok(Some((digest, labels)))
+}
+
 fn retryable(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,

@@ -84,6 +84,7 @@ fn event_of(e: Event) -> Option<pb::BuildEvent> {
         Event::Log { step, stream, data } => E::Log(pb::Log { step, stream, data: data.into() }),
         Event::Warning { step, message } => E::Log(pb::Log { step, stream: 2, data: format!("WARNING: {message}\n").into_bytes().into() }),
         Event::Push(line) => E::Log(pb::Log { step: "push".into(), stream: 1, data: format!("{line}\n").into_bytes().into() }),
+        Event::Message(text) => E::Log(pb::Log { step: "kforge".into(), stream: 1, data: format!("{text}\n").into_bytes().into() }),
         Event::Progress { .. } => return None,
     };
     Some(pb::BuildEvent { event: Some(event) })
@@ -117,6 +118,7 @@ impl BuilderApi for BuildService {
             insecure_registry: tls.insecure,
             network: req.network,
             no_cache: false,
+            labels: Default::default(),
         };
         let builder = self.builder().await?;
         let mut handle = builder.start(spec, req.force).map_err(|e| Status::invalid_argument(e.to_string()))?;

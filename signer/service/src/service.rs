@@ -210,7 +210,7 @@ impl SignerApi for SignerService {
             rec.path = Some(f.path.clone());
             audit.append(&rec).map_err(|e| e.to_string())
         });
-        let request = kforge_image::SignImage { from, to, selection, signer, registries, work_dir: None, audit: Some(hook), gzip_level: kforge_image::DEFAULT_GZIP_LEVEL };
+        let request = kforge_image::SignImage { from, to, selection, signer, registries, work_dir: None, audit: Some(hook), gzip_level: kforge_image::DEFAULT_GZIP_LEVEL, labels: Default::default() };
         let events_tx = tx.clone();
         let events: Arc<dyn Fn(kforge_image::Event) + Send + Sync> = Arc::new(move |e| {
             let msg = match e {

@@ -1,0 +1,224 @@
+//! End to end: `kforge build-sign` (KMM's build and sign in one request) and `kforge dtk resolve`
+//! against Debian's dockerd BuildKit and docker-registry, for two kernels: the ABI
+//! `linux-headers-amd64` depends on and an older one still in Debian's archive, each with its own
+//! Driver-Toolkit-like image.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use support::docker::Engine;
+use support::registry::{skopeo_copy, umoci_unpack, Registry};
+use support::{dtk, fails, kernel_abi, modinfo, ok, openssl_keys, output, text};
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Polls a tag's manifest while builds run and remembers every digest it pointed at.
+struct TagWatch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TagWatch {
+    fn start(registry_url: String, repo: String, tags: Vec<String>) -> TagWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, v) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                for tag in &tags {
+                    let out = Command::new("curl")
+                        .args(["-sS", "--noproxy", "*", "-f", "-H", "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"])
+                        .arg(format!("{registry_url}/v2/{repo}/manifests/{tag}"))
+                        .stderr(Stdio::null())
+                        .output();
+                    if let Ok(o) = out {
+                        if o.status.success() {
+                            let d = format!("{tag}@sha256:{}", sha256_hex(&o.stdout));
+                            let mut seen = v.lock().expect("lock");
+                            if !seen.contains(&d) {
+                                seen.push(d);
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        TagWatch { stop, seen, thread: Some(thread) }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+#[test]
+fn builds_and_signs_for_two_kernels_and_never_tags_an_unsigned_image() {
+    let abi = kernel_abi();
+    let previous = dtk::previous_abi(&abi);
+    let kernels: Vec<String> = std::iter::once(abi.clone()).chain(previous.clone()).collect();
+    if previous.is_none() {
+        eprintln!("no older linux-headers-*-amd64 in the apt sources: one kernel only");
+    }
+    let engine = Engine::start();
+    let registry = Registry::start_plain();
+    for k in &kernels {
+        dtk::push_dtk(&registry, k, &format!("dtk:{k}"));
+    }
+    let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = openssl_keys(dir.path(), "module-signing", 2048);
+    let template = format!("{}/dtk:${{KERNEL_FULL_VERSION}}", registry.host());
+    let repo = "modules/kforge_hello";
+
+    let build_sign = |kernel: &str, extra: &[&str]| {
+        let mut cmd = support::kforge();
+        cmd.args(["build-sign", "--buildkit", &engine.url(), "--progress", "plain"])
+            .arg("-f")
+            .arg(repo_file("dockerfiles/kmm-module.Dockerfile"))
+            .arg("--context")
+            .arg(repo_file("tests/modules/kforge_hello"))
+            .args(["--kernel", kernel, "--module-name", "kforge_hello", "--namespace", "kmm-test"])
+            .args(["--build-arg", &format!("RUNTIME_IMAGE={runtime}"), "--dtk-template", &template])
+            .arg("--key")
+            .arg(&keys.key)
+            .arg("--cert")
+            .arg(&keys.cert_der)
+            .args(["--to", &format!("{}/{repo}:${{KERNEL_FULL_VERSION}}", registry.host())])
+            .args(extra)
+            .env("DOCKER_CONFIG", dir.path())
+            .env_remove("BUILDKIT_HOST")
+            .stdin(Stdio::null());
+        output(&mut cmd)
+    };
+
+    let watch = TagWatch::start(registry.url(), repo.to_string(), kernels.clone());
+    let mut digests = Vec::new();
+    for k in &kernels {
+        let out = build_sign(k, &[]);
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "build-sign for {k} failed:\n{stderr}\nengine log:\n{}", engine.log_tail(30));
+        // DTK_AUTO came from the template, as a digest.
+        assert!(stderr.contains(&format!("DTK_AUTO = {}/dtk@sha256:", registry.host())) && stderr.contains("template"), "{stderr}");
+        assert!(stderr.contains("kforge: signed /opt/lib/modules/"), "{stderr}");
+        let stdout = text(&out.stdout);
+        let (name, digest) = stdout.trim().rsplit_once('@').unwrap_or_else(|| panic!("no digest reference: {stdout}"));
+        assert_eq!(name, format!("{}/{repo}", registry.host()));
+        digests.push((k.clone(), digest.to_string()));
+    }
+    let seen = watch.finish();
+    // Each tag only ever pointed at its signed image.
+    let want: Vec<String> = digests.iter().map(|(k, d)| format!("{k}@{d}")).collect();
+    for s in &seen {
+        assert!(want.contains(s), "the tag pointed at {s}, which is not the signed image ({want:?})");
+    }
+    let mut tags = registry.tags(repo);
+    tags.sort();
+    let mut expected = kernels.clone();
+    expected.sort();
+    assert_eq!(tags, expected, "no extra (unsigned, temporary) tag");
+    // The engine keeps no unsigned image under kforge's private name.
+    let (_, images) = engine.get("/images/json");
+    assert!(!images.contains("kforge-unsigned/"), "{images}");
+
+    // Every module verifies with the certificate and is built for its kernel.
+    for (k, digest) in &digests {
+        let work = tempfile::tempdir().expect("tempdir");
+        let layout = work.path().join("oci");
+        skopeo_copy(&format!("docker://{}/{repo}@{digest}", registry.host()), &format!("oci:{}:img", layout.display()), &registry.skopeo_src_flags());
+        let rootfs = umoci_unpack(&layout, "img", &work.path().join("bundle"));
+        let module = rootfs.join(format!("opt/lib/modules/{k}/kforge_hello.ko"));
+        let verified = ok(support::kforge().arg("verify").arg("--cert").arg(&keys.cert_der).arg(&module));
+        assert!(verified.contains("kforge_hello"), "{verified}");
+        assert!(modinfo(&module, "vermagic").starts_with(&format!("{k} ")));
+        assert!(!modinfo(&module, "sig_key").is_empty());
+        let config = ok(Command::new("skopeo").args(["inspect", "--config"]).args(registry.skopeo_flags()).arg(format!("docker://{}/{repo}@{digest}", registry.host())));
+        assert!(config.contains("io.kforge.inputs-hash"), "{config}");
+    }
+
+    // The same request again: reused, nothing built or pushed.
+    let (k, digest) = &digests[0];
+    let again = build_sign(k, &[]);
+    let stderr = text(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(stderr.contains("same inputs") && !stderr.contains("RUN make"), "{stderr}");
+    assert_eq!(text(&again.stdout).trim(), format!("{}/{repo}@{digest}", registry.host()));
+
+    // One build argument changed: rebuilt and re-signed, a new image at the tag.
+    let changed = build_sign(k, &["--build-arg", "EXTRA_FLAG=1"]);
+    let stderr = text(&changed.stderr);
+    assert!(changed.status.success(), "{stderr}");
+    assert!(stderr.contains("other inputs") && stderr.contains("rebuilding"), "{stderr}");
+    assert_ne!(text(&changed.stdout).trim(), format!("{}/{repo}@{digest}", registry.host()));
+}
+
+#[test]
+fn a_failing_build_is_retried_then_reported_and_tags_nothing() {
+    let engine = Engine::start();
+    let registry = Registry::start_plain();
+    let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = openssl_keys(dir.path(), "k", 2048);
+    let dockerfile = dir.path().join("Dockerfile");
+    std::fs::write(&dockerfile, format!("FROM {runtime}\nARG KERNEL_FULL_VERSION\nRUN echo building for $KERNEL_FULL_VERSION; exit 3\n")).expect("write");
+    let target = format!("{}/broken/mod:1", registry.host());
+    let mut cmd = support::kforge();
+    cmd.args(["build-sign", "--buildkit", &engine.url(), "--kernel", "6.1.0-1-amd64", "--attempts", "2", "--to", &target])
+        .arg("-f")
+        .arg(&dockerfile)
+        .arg("--key")
+        .arg(&keys.key)
+        .arg("--cert")
+        .arg(&keys.cert_der)
+        .env("DOCKER_CONFIG", dir.path())
+        .stdin(Stdio::null());
+    let e = fails(&mut cmd);
+    assert!(e.contains("build attempt 1 of 2 failed"), "retried: {e}");
+    assert!(e.contains("build failed after 2 attempts"), "{e}");
+    let error = e.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {e}"));
+    assert!(error.contains("exit code: 3"), "{error}");
+    assert!(registry.tags("broken/mod").is_empty(), "nothing tagged");
+}
+
+#[test]
+fn dtk_resolve_tries_each_source_and_returns_digests() {
+    let abi = kernel_abi();
+    let registry = Registry::start_plain();
+    let pushed = dtk::push_dtk(&registry, &abi, &format!("dtk:{abi}"));
+    let digest = ok(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}"]).args(registry.skopeo_flags()).arg(format!("docker://{pushed}")));
+    let want = format!("{}/dtk@{}", registry.host(), digest.trim());
+    let resolve = |args: &[&str]| {
+        let mut cmd = support::kforge();
+        cmd.args(["dtk", "resolve"]).args(args).stdin(Stdio::null());
+        cmd
+    };
+    // A template whose image exists.
+    let template = format!("{}/dtk:${{KERNEL_FULL_VERSION}}", registry.host());
+    assert_eq!(ok(&mut resolve(&[&abi, "--dtk-template", &template])).trim(), want);
+    // A mapping, by literal.
+    assert_eq!(ok(&mut resolve(&[&abi, "--dtk-map", &format!("{abi}={pushed}")])).trim(), want);
+    // A config file with a regexp mapping.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("dtk.toml");
+    std::fs::write(&config, format!("[dtk]\nopenshift = false\n[[dtk.mappings]]\nregexp = '^6\\.'\nimage = \"{}/dtk:${{KERNEL_FULL_VERSION}}\"\n", registry.host())).expect("write");
+    assert_eq!(ok(resolve(&[&abi]).arg("--dtk-config").arg(&config)).trim(), want);
+    // Nothing applies: the kernel and every source tried are named.
+    let e = fails(&mut resolve(&["6.1.0-999-amd64", "--dtk-template", &template]));
+    assert!(e.contains("6.1.0-999-amd64") && e.contains("template") && e.contains("mapping"), "{e}");
+}
