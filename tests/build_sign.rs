@@ -222,3 +222,103 @@ fn dtk_resolve_tries_each_source_and_returns_digests() {
     let e = fails(&mut resolve(&["6.1.0-999-amd64", "--dtk-template", &template]));
     assert!(e.contains("6.1.0-999-amd64") && e.contains("template") && e.contains("mapping"), "{e}");
 }
+
+/// The Builder service with KMM's sign section: a key on the service (audited), DTK_AUTO from its
+/// `[dtk]` configuration, one signed image at the tag.
+#[test]
+fn the_service_builds_and_signs_with_its_own_key_and_audits() {
+    use kforge_proto::builder::v1::{build_event::Event as E, builder_client::BuilderClient, BuildArg, BuildRequest, ContextFile, ResolveDtkRequest, SignSpec};
+    use std::io::BufRead;
+
+    let abi = kernel_abi();
+    let engine = Engine::start();
+    let registry = Registry::start_plain();
+    dtk::push_dtk(&registry, &abi, &format!("dtk:{abi}"));
+    let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = openssl_keys(dir.path(), "vendor", 2048);
+    let audit = dir.path().join("audit.jsonl");
+    let config = dir.path().join("kforge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\naudit_log = \"{}\"\n\
+             [[keys]]\nname = \"vendor\"\nkey = \"{}\"\ncert = \"{}\"\nallow = [\"*\", \"anonymous\"]\n\
+             [builder]\nbuildkit = \"{}\"\n\
+             [dtk]\nopenshift = false\ntemplate = \"{}/dtk:${{KERNEL_FULL_VERSION}}\"\n",
+            audit.display(),
+            keys.key.display(),
+            keys.cert_der.display(),
+            engine.url(),
+            registry.host()
+        ),
+    )
+    .expect("write config");
+    let mut child = support::kforge().arg("serve").arg("--config").arg(&config).env("DOCKER_CONFIG", dir.path()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("serve");
+    let first = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines().next().and_then(Result::ok).unwrap_or_default();
+    let addr = first.strip_prefix("kforge signer listening on ").unwrap_or_else(|| panic!("serve did not start: {first}")).to_string();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(child);
+
+    let sources = std::fs::read_dir(repo_file("tests/modules/kforge_hello"))
+        .expect("sources")
+        .flatten()
+        .map(|e| ContextFile { path: e.file_name().to_string_lossy().into_owned(), mode: 0o644, data: std::fs::read(e.path()).expect("read").into() })
+        .collect::<Vec<_>>();
+    let request = BuildRequest {
+        image: format!("{}/vendor/kforge_hello:${{KERNEL_FULL_VERSION}}", registry.host()),
+        dockerfile: std::fs::read_to_string(repo_file("dockerfiles/kmm-module.Dockerfile")).expect("Dockerfile"),
+        kernel: abi.clone(),
+        module_name: "kforge_hello".into(),
+        module_namespace: "vendor-ns".into(),
+        build_args: vec![BuildArg { name: "RUNTIME_IMAGE".into(), value: runtime.clone() }],
+        context: sources,
+        sign: Some(SignSpec { key: "vendor".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
+    let (image, messages) = rt.block_on(async {
+        let mut client = BuilderClient::connect(format!("http://{addr}")).await.expect("connect");
+        let dtk = client.resolve_dtk(ResolveDtkRequest { kernel: abi.clone() }).await.expect("ResolveDtk").into_inner();
+        assert_eq!(dtk.source, "template");
+        assert!(dtk.image.starts_with(&format!("{}/dtk@sha256:", registry.host())), "{dtk:?}");
+
+        // No DTK for this kernel: refused before anything starts, naming the kernel.
+        let nope = BuildRequest { kernel: "6.1.0-999-amd64".into(), ..request.clone() };
+        let refused = client.build(nope).await.expect_err("no DTK");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains("6.1.0-999-amd64") && refused.message().contains("template"), "{}", refused.message());
+
+        let mut stream = client.build(request.clone()).await.expect("Build").into_inner();
+        let mut messages = Vec::new();
+        let mut last = None;
+        while let Some(ev) = stream.message().await.expect("events") {
+            match ev.event {
+                Some(E::Log(l)) if l.step == "kforge" => messages.push(String::from_utf8_lossy(&l.data).into_owned()),
+                Some(other @ (E::Done(_) | E::Failed(_))) => last = Some(other),
+                _ => {}
+            }
+        }
+        match last {
+            Some(E::Done(d)) => (d.image, messages),
+            other => panic!("build and sign failed: {other:?}\n{messages:?}"),
+        }
+    });
+    assert!(image.starts_with(&format!("{}/vendor/kforge_hello@sha256:", registry.host())), "{image}");
+    assert!(messages.iter().any(|m| m.contains("signed /opt/lib/modules/")), "{messages:?}");
+    assert_eq!(registry.tags("vendor/kforge_hello"), vec![abi.clone()]);
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let layout = work.path().join("oci");
+    skopeo_copy(&format!("docker://{image}"), &format!("oci:{}:img", layout.display()), &registry.skopeo_src_flags());
+    let module = umoci_unpack(&layout, "img", &work.path().join("bundle")).join(format!("opt/lib/modules/{abi}/kforge_hello.ko"));
+    ok(support::kforge().arg("verify").arg("--cert").arg(&keys.cert_der).arg(&module));
+    let lines = std::fs::read_to_string(&audit).expect("audit log");
+    assert!(lines.lines().any(|l| l.contains("\"signed\"") && l.contains("kforge_hello") && l.contains("vendor")), "audited: {lines}");
+}

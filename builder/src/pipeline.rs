@@ -32,6 +32,8 @@ pub struct SignStep {
     pub signer: Arc<Signer>,
     /// Which files (KMM's filesToSign, or every module under /opt/lib/modules).
     pub selection: Selection,
+    /// Called for every file signed, before anything is pushed (the signing service's audit).
+    pub audit: Option<kforge_image::AuditHook>,
 }
 
 /// A build-and-sign request.
@@ -189,7 +191,7 @@ pub async fn build_and_sign(daemon: Option<&Daemon>, req: &BuildSign, events: &U
         signer: sign.signer.clone(),
         registries: opts,
         work_dir: Some(work.path().to_path_buf()),
-        audit: None,
+        audit: sign.audit.clone(),
         gzip_level: kforge_image::DEFAULT_GZIP_LEVEL,
         labels,
     };

@@ -72,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (Some(key), Some(cert)) => {
             let keys = KeyArgs { key: Some(key.clone()), cert: Some(cert.clone()), hash: args.hash.clone(), key_id: false, passphrase_file: args.passphrase_file.clone() };
             let files = args.files.iter().map(|f| vars.expand(f)).collect::<Result<Vec<_>, _>>().context("--files")?;
-            Some(SignStep { signer: Arc::new(keys.signer()?), selection: if files.is_empty() { Selection::Default } else { Selection::Files(files) } })
+            Some(SignStep { signer: Arc::new(keys.signer()?), selection: if files.is_empty() { Selection::Default } else { Selection::Files(files) }, audit: None })
         }
         (None, None) => None,
         _ => anyhow::bail!("--key and --cert go together"),
@@ -87,14 +87,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let out = runtime.block_on(async {
         let build = if args.build.file.is_some() {
-            // KMM's build arguments, with variables expanded in the user's; then DTK_AUTO.
-            let mut extra = vars.build_args();
+            // The user's arguments with variables expanded, then KMM's (which win, as in KMM); then DTK_AUTO.
             let mut spec = args.build.spec(&image, BTreeMap::new())?;
             for v in spec.build_args.values_mut() {
                 *v = vars.expand(v)?;
             }
-            extra.append(&mut spec.build_args);
-            spec.build_args = extra;
+            spec.build_args.extend(vars.build_args());
             if spec.dockerfile.contains("DTK_AUTO") && !spec.build_args.contains_key("DTK_AUTO") {
                 let resolved = args.dtk.resolver(registries.clone()).await?.resolve_for(&vars).await?;
                 eprintln!("DTK_AUTO = {} ({}: {})", resolved.image, resolved.source, resolved.detail);

@@ -40,6 +40,9 @@ pub struct Config {
     /// The build service; without it `Builder` calls answer FAILED_PRECONDITION.
     #[serde(default)]
     pub builder: Option<BuilderConfig>,
+    /// Where `DTK_AUTO` comes from for builds whose Dockerfile uses it (`[dtk]`).
+    #[serde(default)]
+    pub dtk: Option<kforge_dtk::DtkConfig>,
 }
 
 /// Where the build service finds BuildKit, and who may build.
@@ -242,6 +245,7 @@ impl Config {
             registry_auth_file: None,
             key_reload_seconds: default_reload(),
             builder: Some(BuilderConfig::from_environment()),
+            dtk: None,
         })
     }
 

@@ -74,8 +74,12 @@ pub async fn serve(config: Config) -> Result<Running, Error> {
         Some(b) => Some((b.endpoint()?, b.clone())),
         None => None,
     };
-    let build = BuilderServer::new(crate::build::BuildService::new(builder_cfg, Arc::new(Authenticator::new(&config)), registries.credentials.clone()));
-    let state = Arc::new(State::new(keys.clone(), Authenticator::new(&config), audit, config.limits.clone(), metrics.clone(), registries));
+    let state = Arc::new(State::new(keys.clone(), Authenticator::new(&config), audit, config.limits.clone(), metrics.clone(), registries.clone()));
+    let dtk = match &config.dtk {
+        Some(d) => Some(crate::build::dtk_resolver(d.clone(), registries.clone()).await?),
+        None => None,
+    };
+    let build = BuilderServer::new(crate::build::BuildService::new(builder_cfg, state.clone(), dtk));
     let max = config.limits.max_message_bytes;
     let signer = SignerServer::new(SignerService(state)).max_decoding_message_size(max).max_encoding_message_size(max);
 

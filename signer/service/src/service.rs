@@ -38,12 +38,28 @@ impl State {
         State { keys, auth, audit, limiter: Limiter::new(&limits), metrics, limits, registries, next_request: AtomicU64::new(1) }
     }
 
-    fn request_id(&self) -> String {
+    /// Records every file an image signing signs, before anything is pushed.
+    pub(crate) fn audit_hook(&self, request_id: &str, who: &str, key_name: &str) -> kforge_image::AuditHook {
+        let audit = self.audit.clone();
+        let (who, key_name, rid) = (who.to_string(), key_name.to_string(), request_id.to_string());
+        Arc::new(move |f: &kforge_image::SignedFile| {
+            let mut rec = Record::new(&rid, &who, &key_name, "signed");
+            rec.module = Some(f.module_name.clone());
+            rec.vermagic = Some(f.vermagic.clone());
+            rec.sha256_in = Some(f.sha256_in.clone());
+            rec.sha256_out = Some(f.sha256_out.clone());
+            rec.image = Some(f.image.clone());
+            rec.path = Some(f.path.clone());
+            audit.append(&rec).map_err(|e| e.to_string())
+        })
+    }
+
+    pub(crate) fn request_id(&self) -> String {
         format!("{:x}-{}", std::process::id(), self.next_request.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Finds a key the caller may use, auditing a refusal.
-    async fn key_for(&self, name: &str, caller: &Caller, request_id: &str) -> Result<Arc<Key>, Status> {
+    pub(crate) async fn key_for(&self, name: &str, caller: &Caller, request_id: &str) -> Result<Arc<Key>, Status> {
         let keys = self.keys.snapshot();
         let Some(key) = keys.get(name).cloned() else {
             return Err(Status::not_found(format!("no key named {name:?} on this signer; ListKeys shows the keys you may use")));
@@ -198,18 +214,7 @@ impl SignerApi for SignerService {
         let selection = if r.files.is_empty() { kforge_image::Selection::Default } else { kforge_image::Selection::Files(r.files.clone()) };
 
         let (tx, rx) = mpsc::channel(64);
-        let audit = state.audit.clone();
-        let (who, key_name, rid) = (caller.name().to_string(), key.name.clone(), request_id.clone());
-        let hook: kforge_image::AuditHook = Arc::new(move |f: &kforge_image::SignedFile| {
-            let mut rec = Record::new(&rid, &who, &key_name, "signed");
-            rec.module = Some(f.module_name.clone());
-            rec.vermagic = Some(f.vermagic.clone());
-            rec.sha256_in = Some(f.sha256_in.clone());
-            rec.sha256_out = Some(f.sha256_out.clone());
-            rec.image = Some(f.image.clone());
-            rec.path = Some(f.path.clone());
-            audit.append(&rec).map_err(|e| e.to_string())
-        });
+        let hook = state.audit_hook(&request_id, caller.name(), &key.name);
         let request = kforge_image::SignImage { from, to, selection, signer, registries, work_dir: None, audit: Some(hook), gzip_level: kforge_image::DEFAULT_GZIP_LEVEL, labels: Default::default() };
         let events_tx = tx.clone();
         let events: Arc<dyn Fn(kforge_image::Event) + Send + Sync> = Arc::new(move |e| {
