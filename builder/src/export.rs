@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+
 use std::path::{Path, PathBuf};
 
 use http_body_util::BodyExt;
@@ -17,37 +18,21 @@ const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 
-/// Streams `docker save` of `name` into `dir/save.tar`.
-async fn save(socket: &Path, name: &str, dir: &Path) -> Result<PathBuf> {
+/// Exports engine image `name` into an OCI layout at `dir/oci` tagged `tag`; returns the layout.
+/// The `docker save` stream is converted as it arrives (no intermediate archive on disk).
+pub(crate) async fn to_layout(socket: &Path, name: &str, dir: &Path, tag: &str) -> Result<PathBuf> {
+    use futures_util::TryStreamExt;
     let fail = |cause: String| Error::Protocol { endpoint: format!("docker://{}", socket.display()), what: format!("export {name} from the engine"), cause };
     let resp = crate::docker::get(socket, &format!("/images/{name}/get")).await.map_err(|e| fail(e.to_string()))?;
     let status = resp.status();
-    let path = dir.join("save.tar");
-    let mut file = std::fs::File::create(&path).map_err(Error::io(&path, "create"))?;
-    let mut body = resp.into_body();
-    let mut first = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| fail(format!("stream cut: {e}")))?;
-        if let Some(data) = frame.data_ref() {
-            if status.is_success() {
-                file.write_all(data).map_err(Error::io(&path, "write"))?;
-            } else {
-                first.extend_from_slice(data);
-            }
-        }
-    }
     if !status.is_success() {
-        return Err(fail(format!("{status}: {}", String::from_utf8_lossy(&first).trim())));
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        return Err(fail(format!("{status}: {}", String::from_utf8_lossy(&body).trim())));
     }
-    file.sync_all().map_err(Error::io(&path, "sync"))?;
-    Ok(path)
-}
-
-/// Exports engine image `name` into an OCI layout at `dir/oci` tagged `tag`; returns the layout.
-pub(crate) async fn to_layout(socket: &Path, name: &str, dir: &Path, tag: &str) -> Result<PathBuf> {
-    let tar = save(socket, name, dir).await?;
+    let stream = resp.into_body().into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let (dir, name, tag) = (dir.to_path_buf(), name.to_string(), tag.to_string());
-    tokio::task::spawn_blocking(move || convert(&tar, &dir, &name, &tag)).await.map_err(|e| Error::Request(format!("export task failed: {e}")))?
+    tokio::task::spawn_blocking(move || convert(reader, &dir, &name, &tag)).await.map_err(|e| Error::Request(format!("export task failed: {e}")))?
 }
 
 /// A blob written into the layout: its digest and size.
@@ -73,15 +58,15 @@ fn put_blob(layout: &Path, mut reader: impl Read, what: &str) -> Result<(String,
 }
 
 /// Turns a `docker save` archive into an OCI layout (one image, tagged).
-fn convert(tar_path: &Path, dir: &Path, name: &str, tag: &str) -> Result<PathBuf> {
+fn convert(archive: impl Read, dir: &Path, name: &str, tag: &str) -> Result<PathBuf> {
+    let tar_path = Path::new("docker save stream");
     let layout = dir.join("oci");
     std::fs::create_dir_all(layout.join("blobs/sha256")).map_err(Error::io(&layout, "create"))?;
     std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(Error::io(&layout, "write oci-layout"))?;
     let bad = |reason: String| Error::Protocol { endpoint: "docker engine".into(), what: format!("export of {name}"), cause: reason };
 
     // One pass: small JSON members kept in memory, layer tars written straight into the layout.
-    let file = std::fs::File::open(tar_path).map_err(Error::io(tar_path, "open"))?;
-    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
+    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, archive));
     let mut json_members: HashMap<String, Vec<u8>> = HashMap::new();
     let mut layers: HashMap<String, (String, u64)> = HashMap::new();
     let mut links: HashMap<String, String> = HashMap::new();
@@ -137,7 +122,6 @@ fn convert(tar_path: &Path, dir: &Path, name: &str, tag: &str) -> Result<PathBuf
         "manifests": [{"mediaType": MANIFEST, "digest": digest, "size": size, "annotations": {"org.opencontainers.image.ref.name": tag}}],
     });
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).map_err(|e| bad(e.to_string()))?).map_err(Error::io(&layout, "write index.json"))?;
-    let _ = std::fs::remove_file(tar_path);
     Ok(layout)
 }
 
@@ -180,9 +164,8 @@ mod tests {
         b.append_link(&mut h, "bbb/layer.tar", "../aaa/layer.tar").expect("link");
         append(&mut b, "cfg.json", br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
         append(&mut b, "manifest.json", br#"[{"Config":"cfg.json","RepoTags":["x:1"],"Layers":["aaa/layer.tar","bbb/layer.tar"]}]"#);
-        let tar_path = dir.path().join("save.tar");
-        std::fs::write(&tar_path, b.into_inner().expect("tar")).expect("write");
-        let layout = convert(&tar_path, dir.path(), "x:1", "unsigned").expect("converts");
+        let archive = b.into_inner().expect("tar");
+        let layout = convert(archive.as_slice(), dir.path(), "x:1", "unsigned").expect("converts");
         let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index")).expect("json");
         let mdigest = index["manifests"][0]["digest"].as_str().expect("digest").trim_start_matches("sha256:").to_string();
         assert_eq!(index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"], "unsigned");

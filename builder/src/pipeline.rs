@@ -60,18 +60,18 @@ impl BuildSign {
     /// content), the unsigned image, the signing certificate and digest, and the files to sign.
     pub fn inputs_hash(&self) -> String {
         let mut h = Sha256::new();
-        h.update(b"kforge build-sign v1\\0");
+        h.update(b"kforge build-sign v1\0");
         h.update(self.image.as_bytes());
         if let Some(b) = &self.build {
-            h.update(b"build\\0");
+            h.update(b"build\0");
             h.update(b.inputs_hash().as_bytes());
         }
         if let Some(u) = &self.unsigned_image {
-            h.update(b"unsigned\\0");
+            h.update(b"unsigned\0");
             h.update(u.as_bytes());
         }
         if let Some(s) = &self.sign {
-            h.update(b"sign\\0");
+            h.update(b"sign\0");
             h.update(s.signer.key().certificate().fingerprint_sha256().as_bytes());
             h.update(s.signer.hash().name().as_bytes());
             h.update(format!("{:?}", s.selection).as_bytes());
@@ -93,7 +93,7 @@ fn with_loopback(opts: &RegistryOptions, image: &str) -> RegistryOptions {
 }
 
 fn message(events: &UnboundedSender<Event>, text: String) {
-    tracing::info!("{text}");
+    tracing::debug!("{text}");
     let _ = events.send(Event::Message(text));
 }
 

@@ -346,11 +346,18 @@ async fn push_blobs(src: &Store, dst: &Store, p: &Prepared, events: &Events) -> 
         uploads.push(copy_blob(src, dst, d, tee.as_ref(), events));
     }
     let copied: Vec<u64> = stream::iter(uploads).buffer_unordered(UPLOADS).try_collect().await?;
-    dst.put_blob_file(p.layer.file.path(), &p.layer.digest, p.layer.size).await?;
-    events(Event::Blob { digest: p.layer.digest.clone(), how: "uploaded", size: p.layer.size });
+    // The same modules signed with the same key give the same layer: upload it only if missing.
+    let layer_size = if dst.has_blob(&p.layer.digest).await? {
+        events(Event::Blob { digest: p.layer.digest.clone(), how: "present", size: p.layer.size });
+        0
+    } else {
+        dst.put_blob_file(p.layer.file.path(), &p.layer.digest, p.layer.size).await?;
+        events(Event::Blob { digest: p.layer.digest.clone(), how: "uploaded", size: p.layer.size });
+        p.layer.size
+    };
     let config_digest = crate::digest::of(&p.config);
     dst.put_blob_bytes(&p.config, &config_digest).await?;
-    Ok(copied.iter().sum::<u64>() + p.layer.size + p.config.len() as u64)
+    Ok(copied.iter().sum::<u64>() + layer_size + p.config.len() as u64)
 }
 
 /// Puts one original layer at the destination: present, mounted, or uploaded from its copy.
