@@ -81,7 +81,7 @@ impl BuildSign {
 }
 
 /// Registry options with loopback registries treated as plain HTTP, as BuildKit and Docker do.
-fn with_loopback(opts: &RegistryOptions, image: &str) -> RegistryOptions {
+pub(crate) fn with_loopback(opts: &RegistryOptions, image: &str) -> RegistryOptions {
     let mut opts = opts.clone();
     if let Ok(t) = Target::parse(image) {
         let host = t.registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(&t.registry);

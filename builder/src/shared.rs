@@ -83,14 +83,12 @@ impl BuildHandle {
     }
 }
 
-/// Registry access for the existence check: loopback registries are plain HTTP, as BuildKit and
-/// Docker treat them.
-fn registry_options(spec: &BuildSpec, registry: &str) -> RegistryOptions {
-    let host = registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry);
-    let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]";
+/// Registry access for the existence check: the build's credentials, plain HTTP for `--insecure`
+/// and for loopback registries (as BuildKit and Docker treat them).
+fn registry_options(spec: &BuildSpec) -> RegistryOptions {
     let mut opts = RegistryOptions { credentials: (*spec.credentials).clone(), attempts: 2, ..Default::default() };
-    opts.per_registry.insert(registry.to_string(), RegistryTls { insecure: spec.insecure_registry || loopback, ..Default::default() });
-    opts
+    opts.tls = RegistryTls { insecure: spec.insecure_registry, ..Default::default() };
+    crate::pipeline::with_loopback(&opts, &spec.image)
 }
 
 impl Builder {
@@ -166,13 +164,13 @@ impl Builder {
     /// Whether `image` exists in its registry, and its digest.
     pub async fn image_digest(&self, spec: &BuildSpec) -> Result<Option<String>> {
         let target = Target::parse(&spec.image)?;
-        Ok(kforge_image::resolve_digest(&target.tagged(), &registry_options(spec, &target.registry)).await?)
+        Ok(kforge_image::resolve_digest(&target.tagged(), &registry_options(spec)).await?)
     }
 }
 
 async fn run(daemon: &Daemon, spec: &BuildSpec, target: &Target, force: bool, deadline: Duration, events: &UnboundedSender<Event>) -> Result<BuildOutput> {
     if !force {
-        match kforge_image::resolve_digest(&target.tagged(), &registry_options(spec, &target.registry)).await {
+        match kforge_image::resolve_digest(&target.tagged(), &registry_options(spec)).await {
             Ok(Some(digest)) => {
                 tracing::info!(image = %spec.image, %digest, "target exists; not building (force to rebuild)");
                 return Ok(BuildOutput { image: format!("{}@{digest}", target.name()), digest, skipped: true });
