@@ -160,15 +160,15 @@ reset_engine() {
     sync
 }
 
-# kforge's phases from the timestamps of its log lines (best effort, "?" if absent): build (solving →
+# kforge's phases from the timestamps of its log lines (RUST_LOG=info,kforge_builder=debug) (best effort, "?" if absent): build (solving →
 # reading back), read-back (→ signing), sign + push (→ pushed), other (the rest of the process's time).
 kf_phases() {
     awk -v total="$2" '
         function t(s) { split(substr(s, 12, 15), a, ":"); return a[1] * 3600 + a[2] * 60 + a[3] }
-        / INFO solving /                      && !s { s = t($1) }
-        / INFO reading the unsigned image /   && !r { r = t($1) }
-        / INFO signing the modules /          && !g { g = t($1) }
-        / INFO pushed /                       && !p { p = t($1) }
+        / INFO solving /                                && !s { s = t($1) }
+        / DEBUG reading the unsigned image /            && !r { r = t($1) }
+        / DEBUG signing the modules /                   && !g { g = t($1) }
+        / DEBUG pushed /                                && !p { p = t($1) }
         END { if (s && r && g && p) printf "%.3f %.3f %.3f %.3f", r - s, g - r, p - g, total - (p - s); else print "? ? ? ?" }' "$1"
 }
 
@@ -178,7 +178,7 @@ kforge_run() {
     shift 2
     l0=$(reglines)
     t0=$EPOCHREALTIME
-    if ! "$KFORGE" build-sign --buildkit "docker://$W/docker.sock" -f "$dockerfile" --context "$context" \
+    if ! RUST_LOG=info,kforge_builder=debug "$KFORGE" build-sign --buildkit "docker://$W/docker.sock" -f "$dockerfile" --context "$context" \
         --kernel "$abi" --module-name "$module" --namespace "$ns" --build-arg "RUNTIME_IMAGE=$runtime" \
         --dtk-template "$dtk_template" --key "$W/keys/key.pem" --cert "$W/keys/cert.der" \
         --to "$reg/bench/kforge:\${KERNEL_FULL_VERSION}-$tag" --progress plain "$@" \
