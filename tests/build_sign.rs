@@ -322,3 +322,59 @@ fn the_service_builds_and_signs_with_its_own_key_and_audits() {
     let lines = std::fs::read_to_string(&audit).expect("audit log");
     assert!(lines.lines().any(|l| l.contains("\"signed\"") && l.contains("kforge_hello") && l.contains("vendor")), "audited: {lines}");
 }
+
+/// KMM's sign.unsignedImage: no BuildKit, the signed image pushed once, reused while the unsigned
+/// tag stays put and re-signed when it moves.
+#[test]
+fn signs_an_unsigned_image_and_re_signs_when_its_tag_moves() {
+    use support::oci::{file, write_image, Image, Item};
+    let m = support::modules();
+    let registry = Registry::start_plain();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = openssl_keys(dir.path(), "k", 2048);
+    let base = format!("/opt/lib/modules/{}", m.abi);
+    let push_unsigned = |layers: Vec<Vec<Item>>, name: &str| {
+        let layout = dir.path().join(name);
+        write_image(&layout, "v", &Image::oci(layers));
+        skopeo_copy(&format!("oci:{}:v", layout.display()), &format!("docker://{}/unsigned:{}", registry.host(), m.abi), &registry.skopeo_dest_flags());
+    };
+    let hello = std::fs::read(&m.hello).expect("read");
+    push_unsigned(vec![vec![Item::Dir(base.clone()), file(&format!("{base}/kforge_hello.ko"), hello.clone())]], "one");
+    let sign = || {
+        let mut cmd = support::kforge();
+        cmd.args(["build-sign", "--kernel", &m.abi, "--unsigned-image", &format!("{}/unsigned:${{KERNEL_FULL_VERSION}}", registry.host())])
+            .arg("--key")
+            .arg(&keys.key)
+            .arg("--cert")
+            .arg(&keys.cert_der)
+            .args(["--to", &format!("{}/signed:${{KERNEL_FULL_VERSION}}", registry.host()), "--progress", "plain"])
+            .env("DOCKER_CONFIG", dir.path())
+            .env("BUILDKIT_HOST", "unix:///nonexistent/buildkitd.sock")
+            .stdin(Stdio::null());
+        output(&mut cmd)
+    };
+    let first = sign();
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let signed = text(&first.stdout).trim().to_string();
+    let work = tempfile::tempdir().expect("tempdir");
+    let layout = work.path().join("oci");
+    skopeo_copy(&format!("docker://{signed}"), &format!("oci:{}:img", layout.display()), &registry.skopeo_src_flags());
+    let rootfs = umoci_unpack(&layout, "img", &work.path().join("bundle"));
+    ok(support::kforge().arg("verify").arg("--cert").arg(&keys.cert_der).arg(rootfs.join(format!("opt/lib/modules/{}/kforge_hello.ko", m.abi))));
+
+    let again = sign();
+    assert!(again.status.success() && text(&again.stderr).contains("same inputs"), "{}", text(&again.stderr));
+    assert_eq!(text(&again.stdout).trim(), signed);
+
+    // The unsigned tag moves (a module added): signed again.
+    push_unsigned(
+        vec![vec![Item::Dir(base.clone()), file(&format!("{base}/kforge_hello.ko"), hello), file(&format!("{base}/kforge_params.ko"), std::fs::read(&m.params).expect("read"))]],
+        "two",
+    );
+    let moved = sign();
+    let stderr = text(&moved.stderr);
+    assert!(moved.status.success() && stderr.contains("other inputs"), "{stderr}");
+    assert!(stderr.contains("kforge_params.ko"), "the new module was signed: {stderr}");
+    assert_ne!(text(&moved.stdout).trim(), signed);
+    assert_eq!(registry.tags("signed"), vec![m.abi.clone()]);
+}

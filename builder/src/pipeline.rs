@@ -59,6 +59,11 @@ impl BuildSign {
     /// Hash over every input: the build (Dockerfile, context, args — DTK digest included — secrets'
     /// content), the unsigned image, the signing certificate and digest, and the files to sign.
     pub fn inputs_hash(&self) -> String {
+        self.inputs_hash_with(None)
+    }
+
+    /// The inputs hash, with the digest the unsigned image's tag points at (a moved tag re-signs).
+    fn inputs_hash_with(&self, unsigned_digest: Option<&str>) -> String {
         let mut h = Sha256::new();
         h.update(b"kforge build-sign v1\0");
         h.update(self.image.as_bytes());
@@ -69,6 +74,7 @@ impl BuildSign {
         if let Some(u) = &self.unsigned_image {
             h.update(b"unsigned\0");
             h.update(u.as_bytes());
+            h.update(unsigned_digest.unwrap_or("").as_bytes());
         }
         if let Some(s) = &self.sign {
             h.update(b"sign\0");
@@ -111,8 +117,12 @@ pub async fn build_and_sign(daemon: Option<&Daemon>, req: &BuildSign, events: &U
     if req.build.is_none() && req.sign.is_none() {
         return Err(Error::Request("an unsigned image without a sign step: nothing to do".into()));
     }
-    let hash = req.inputs_hash();
     let opts = with_loopback(&req.registries, &req.image);
+    let unsigned_digest = match &req.unsigned_image {
+        Some(u) if !u.starts_with("oci:") => kforge_image::resolve_digest(u, &with_loopback(&opts, u)).await?,
+        _ => None,
+    };
+    let hash = req.inputs_hash_with(unsigned_digest.as_deref());
     if !req.force {
         match kforge_image::image_labels(&target.tagged(), &opts).await {
             Ok(Some((digest, labels))) if labels.get(INPUTS_LABEL) == Some(&hash) => {
