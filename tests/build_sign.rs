@@ -378,3 +378,21 @@ fn signs_an_unsigned_image_and_re_signs_when_its_tag_moves() {
     assert_ne!(text(&moved.stdout).trim(), signed);
     assert_eq!(registry.tags("signed"), vec![m.abi.clone()]);
 }
+
+/// Against a real cluster when `KUBECONFIG` and `KFORGE_TEST_DTK_KERNEL` (a kernel its nodes run) are
+/// set: on OpenShift the ImageStream answers; elsewhere a `--dtk-template` given in
+/// `KFORGE_TEST_DTK_TEMPLATE` may. The kube mock in builder/dtk/tests covers the protocol here.
+#[test]
+fn dtk_resolve_against_a_cluster_when_kubeconfig_is_set() {
+    let (Some(_), Some(kernel)) = (std::env::var_os("KUBECONFIG"), std::env::var("KFORGE_TEST_DTK_KERNEL").ok()) else {
+        eprintln!("KUBECONFIG or KFORGE_TEST_DTK_KERNEL is not set: skipping the cluster DTK test");
+        return;
+    };
+    let mut cmd = support::kforge();
+    cmd.args(["dtk", "resolve", &kernel, "--kube"]);
+    if let Ok(t) = std::env::var("KFORGE_TEST_DTK_TEMPLATE") {
+        cmd.args(["--dtk-template", &t]);
+    }
+    let image = ok(&mut cmd);
+    assert!(image.trim().contains("@sha256:"), "a digest reference: {image}");
+}
