@@ -25,6 +25,7 @@ mod tree;
 
 pub use auth::DockerConfig;
 pub use error::{Error, Result};
+pub use pgzip::ParallelGz;
 pub use pipeline::{sign_image, AuditHook, Event, SignImage, SignedFile, SignedImage, DEFAULT_GZIP_LEVEL};
 pub use reference::ImageRef;
 pub use oci_client::secrets::RegistryAuth;

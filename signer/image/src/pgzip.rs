@@ -12,7 +12,7 @@ const CHUNK: usize = 1 << 20;
 const ROUND: usize = 16;
 
 /// A gzip writer that compresses on all cores.
-pub(crate) struct ParallelGz<W: Write> {
+pub struct ParallelGz<W: Write> {
     out: W,
     level: Compression,
     pending: Vec<Vec<u8>>,
@@ -23,6 +23,7 @@ pub(crate) struct ParallelGz<W: Write> {
 }
 
 impl<W: Write> ParallelGz<W> {
+    /// A writer compressing into `out` at `level`.
     pub fn new(out: W, level: Compression) -> Self {
         ParallelGz { out, level, pending: Vec::new(), current: Vec::with_capacity(CHUNK), crc: Crc::new(), total: 0, header_written: false }
     }
