@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kforge_image::{ImageRef, RegistryOptions, RegistryTls, SignImage, Selection};
+use kforge_image::{ImageRef, RegistryOptions, SignImage, Selection};
 use kforge_signer::Signer;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedSender;
@@ -86,18 +86,6 @@ impl BuildSign {
     }
 }
 
-/// Registry options with loopback registries treated as plain HTTP, as BuildKit and Docker do.
-pub(crate) fn with_loopback(opts: &RegistryOptions, image: &str) -> RegistryOptions {
-    let mut opts = opts.clone();
-    if let Ok(t) = Target::parse(image) {
-        let host = t.registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(&t.registry);
-        if (host == "localhost" || host.starts_with("127.") || host == "[::1]") && !opts.per_registry.contains_key(&t.registry) {
-            opts.per_registry.insert(t.registry.clone(), RegistryTls { insecure: true, ..Default::default() });
-        }
-    }
-    opts
-}
-
 fn message(events: &UnboundedSender<Event>, text: String) {
     tracing::debug!("{text}");
     let _ = events.send(Event::Message(text));
@@ -117,9 +105,9 @@ pub async fn build_and_sign(daemon: Option<&Daemon>, req: &BuildSign, events: &U
     if req.build.is_none() && req.sign.is_none() {
         return Err(Error::Request("an unsigned image without a sign step: nothing to do".into()));
     }
-    let opts = with_loopback(&req.registries, &req.image);
+    let opts = req.registries.with_loopback_plain_http(&req.image);
     let unsigned_digest = match &req.unsigned_image {
-        Some(u) if !u.starts_with("oci:") => kforge_image::resolve_digest(u, &with_loopback(&opts, u)).await?,
+        Some(u) if !u.starts_with("oci:") => kforge_image::resolve_digest(u, &opts.with_loopback_plain_http(u)).await?,
         _ => None,
     };
     let hash = req.inputs_hash_with(unsigned_digest.as_deref());

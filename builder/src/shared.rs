@@ -88,7 +88,7 @@ impl BuildHandle {
 fn registry_options(spec: &BuildSpec) -> RegistryOptions {
     let mut opts = RegistryOptions { credentials: (*spec.credentials).clone(), attempts: 2, ..Default::default() };
     opts.tls = RegistryTls { insecure: spec.insecure_registry, ..Default::default() };
-    crate::pipeline::with_loopback(&opts, &spec.image)
+    opts.with_loopback_plain_http(&spec.image)
 }
 
 impl Builder {

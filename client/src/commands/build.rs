@@ -96,10 +96,7 @@ impl BuildArgs {
 
     /// Registry credentials: --auth-file, else the docker config of the environment.
     pub fn credentials(&self) -> anyhow::Result<DockerConfig> {
-        Ok(match &self.auth_file {
-            Some(f) => DockerConfig::load(f)?,
-            None => DockerConfig::from_environment()?,
-        })
+        Ok(DockerConfig::load_or_environment(self.auth_file.as_deref())?)
     }
 
     /// The build of `image` these arguments describe (extra build args win over none).

@@ -90,10 +90,7 @@ enum Command {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Command::Resolve { kernel, dtk, auth_file, insecure } = args.command;
     let mut registries = RegistryOptions {
-        credentials: match &auth_file {
-            Some(f) => kforge_image::DockerConfig::load(f)?,
-            None => kforge_image::DockerConfig::from_environment()?,
-        },
+        credentials: kforge_image::DockerConfig::load_or_environment(auth_file.as_deref())?,
         ..Default::default()
     };
     registries.tls.insecure = insecure;

@@ -69,10 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let signer = Arc::new(args.keys.signer()?);
 
     let mut registries = RegistryOptions {
-        credentials: match &args.auth_file {
-            Some(f) => DockerConfig::load(f)?,
-            None => DockerConfig::from_environment()?,
-        },
+        credentials: DockerConfig::load_or_environment(args.auth_file.as_deref())?,
         timeout: Duration::from_secs(args.timeout.max(1)),
         ..RegistryOptions::default()
     };

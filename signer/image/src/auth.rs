@@ -34,6 +34,14 @@ impl DockerConfig {
         if path.is_file() { Self::load(&path) } else { Ok(Self::default()) }
     }
 
+    /// `path` if given, else [`DockerConfig::from_environment`].
+    pub fn load_or_environment(path: Option<&Path>) -> Result<Self, Error> {
+        match path {
+            Some(p) => Self::load(p),
+            None => Self::from_environment(),
+        }
+    }
+
     /// Parses the JSON; `origin` names it in errors.
     pub fn parse(bytes: &[u8], origin: &Path) -> Result<Self, Error> {
         let bad = |reason: String| Error::AuthFile { path: origin.into(), reason };

@@ -66,6 +66,19 @@ impl RegistryOptions {
         Ok(())
     }
 
+    /// These options, with `image`'s registry as plain HTTP if it is on this machine (`localhost`,
+    /// `127.*`, `[::1]`) and has no TLS settings of its own, as BuildKit and Docker treat such registries.
+    pub fn with_loopback_plain_http(&self, image: &str) -> RegistryOptions {
+        let mut opts = self.clone();
+        if let Ok(reference) = image.parse::<Reference>() {
+            let registry = reference.registry();
+            if is_loopback(registry) && !opts.per_registry.contains_key(registry) {
+                opts.per_registry.insert(registry.to_string(), RegistryTls { insecure: true, ..Default::default() });
+            }
+        }
+        opts
+    }
+
     fn tls_for(&self, host: &str) -> &RegistryTls {
         self.per_registry.get(host).unwrap_or(&self.tls)
     }
@@ -223,6 +236,16 @@ impl RegistryRepo {
     }
 }
 
+/// Whether `registry` (`host[:port]`) is on this machine.
+fn is_loopback(registry: &str) -> bool {
+    let host = if registry.starts_with('[') {
+        registry.split_once(']').map(|(h, _)| format!("{h}]")).unwrap_or_else(|| registry.to_string())
+    } else {
+        registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry).to_string()
+    };
+    host == "localhost" || host.starts_with("127.") || host == "[::1]"
+}
+
 /// Whether a registry error means "no such manifest" (404, MANIFEST_UNKNOWN, NAME_UNKNOWN).
 fn is_not_found(cause: &str) -> bool {
     ["manifest unknown", "MANIFEST_UNKNOWN", "name unknown", "NAME_UNKNOWN", "code: 404", "404 Not Found"].iter().any(|m| cause.contains(m))
@@ -282,4 +305,21 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_are_plain_http_unless_configured() {
+        assert!(is_loopback("127.0.0.1:5000") && is_loopback("localhost:5000") && is_loopback("[::1]:5000") && is_loopback("localhost"));
+        assert!(!is_loopback("registry.example:5000") && !is_loopback("quay.io") && !is_loopback("10.0.0.1:5000"));
+        let opts = RegistryOptions::default();
+        assert!(opts.with_loopback_plain_http("127.0.0.1:5000/dtk:6.1").per_registry["127.0.0.1:5000"].insecure);
+        assert!(opts.with_loopback_plain_http("quay.io/org/dtk:6.1").per_registry.is_empty());
+        let mut opts = RegistryOptions::default();
+        opts.per_registry.insert("localhost:5000".into(), RegistryTls { skip_verify: true, ..Default::default() });
+        assert!(!opts.with_loopback_plain_http("localhost:5000/dtk:1").per_registry["localhost:5000"].insecure, "explicit settings win");
+    }
 }
