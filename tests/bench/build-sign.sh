@@ -81,18 +81,8 @@ KFORGE=$(realpath "$KFORGE")
 reg_pid= dockerd_pid=
 cleanup() {
     set +e
-    [[ -f $W/docker.pid ]] && dockerd_pid=$(cat "$W/docker.pid")
-    if [[ -n $dockerd_pid ]] && kill -0 "$dockerd_pid" 2>/dev/null; then
-        kill "$dockerd_pid"
-        for _ in $(seq 60); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
-        kill -0 "$dockerd_pid" 2>/dev/null && kill -9 "$dockerd_pid"
-    fi
-    [[ -n $reg_pid ]] && kill -0 "$reg_pid" 2>/dev/null && { kill "$reg_pid"; wait "$reg_pid" 2>/dev/null; }
-    if [[ -z ${KEEP:-} ]]; then
-        findmnt -rn -o TARGET | grep -E "^$W/docker-(data|exec)" | sort -r | xargs -r -n1 umount -l
-        rm -rf "$W/docker-data" "$W/docker-exec" "$W/registry" "$W/pull"
-    fi
-    rm -f "$W/docker.sock" "$W/docker.pid"
+    stop_dockerd_and_registry
+    [[ -n ${KEEP:-} ]] || rm -rf "$W/pull"
 }
 trap cleanup EXIT
 rm -rf "$W/docker-data" "$W/docker-exec" "$W/registry" "$W/pull" "$W/logs" "$W/keys" "$W/sign"
@@ -106,22 +96,7 @@ openssl req -new -nodes -x509 -newkey rsa:2048 -subj /CN=bench -days 30 \
 openssl x509 -in "$W/keys/cert.pem" -outform DER -out "$W/keys/cert.der"
 
 # --- Registry (access log on: it counts the pushes), bases pushed to it ---
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-reg=127.0.0.1:$port
-cat >"$W/registry.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $W/registry
-http:
-  addr: $reg
-EOF
-docker-registry serve "$W/registry.yml" >"$W/logs/registry.log" 2>&1 &
-reg_pid=$!
-for _ in $(seq 100); do curl -sf "http://$reg/v2/" >/dev/null && break; sleep 0.1; done
-curl -sf "http://$reg/v2/" >/dev/null || { cat "$W/logs/registry.log" >&2; die "registry not answering on $reg"; }
+ACCESS_LOG=1 start_registry
 dtk_tag=$reg/bench/dtk:$abi runtime=$reg/bench/kmod:bookworm
 skopeo copy -q --dest-tls-verify=false "oci:$dtk_layout:dtk" "docker://$dtk_tag"
 skopeo copy -q --dest-tls-verify=false "oci:$runtime_layout:runtime" "docker://$runtime"
@@ -143,12 +118,7 @@ pushes() {
 reglines() { wc -l <"$W/logs/registry.log"; }
 
 # --- Engine ---
-/usr/sbin/dockerd --host "unix://$W/docker.sock" --data-root "$W/docker-data" --exec-root "$W/docker-exec" \
-    --pidfile "$W/docker.pid" --bridge=none --iptables=false --ip6tables=false >"$W/logs/dockerd.log" 2>&1 &
-dockerd_pid=$!
-dk() { "$DOCKER" -H "unix://$W/docker.sock" "$@"; }
-for _ in $(seq 120); do dk info >/dev/null 2>&1 && break; sleep 0.5; done
-dk info >/dev/null 2>&1 || { tail -30 "$W/logs/dockerd.log" >&2; die "dockerd did not come up"; }
+start_dockerd
 engine_version=$(dk version -f '{{.Server.Version}}')
 cache_records() { dk system df --format '{{.Type}} {{.TotalCount}}' | awk '$1 == "Build" { print $3 }'; }
 reset_engine() {

@@ -104,23 +104,8 @@ cleanup() {
     for p in "${bg_pids[@]}"; do
         kill -0 "$p" 2>/dev/null && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
     done
-    if [[ -f $W/docker.pid ]]; then
-        dockerd_pid=$(cat "$W/docker.pid")
-    fi
-    if [[ -n $dockerd_pid ]] && kill -0 "$dockerd_pid" 2>/dev/null; then
-        kill "$dockerd_pid"
-        for _ in $(seq 60); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
-        kill -0 "$dockerd_pid" 2>/dev/null && kill -9 "$dockerd_pid"
-    fi
-    if [[ -n $reg_pid ]] && kill -0 "$reg_pid" 2>/dev/null; then
-        kill "$reg_pid"; wait "$reg_pid" 2>/dev/null
-    fi
-    if [[ -z ${KEEP:-} ]]; then
-        # Mounts left behind by an engine that died uncleanly.
-        findmnt -rn -o TARGET | grep -E "^$W/docker-(data|exec)" | sort -r | xargs -r -n1 umount -l
-        rm -rf "$W/docker-data" "$W/docker-exec" "$W/registry" "$W/pull" "$W/rf-kforge" "$W/rf-docker"
-    fi
-    rm -f "$W/docker.sock" "$W/docker.pid"
+    stop_dockerd_and_registry
+    [[ -n ${KEEP:-} ]] || rm -rf "$W/pull" "$W/rf-kforge" "$W/rf-docker"
 }
 trap cleanup EXIT
 
@@ -179,32 +164,7 @@ dtk_layout=$cache/dtk-$abi
 runtime_layout=$cache/runtime-bookworm
 
 # --- 2. Throwaway registry on a free loopback port ---
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-port=$(free_port)
-reg=127.0.0.1:$port
-cat >"$W/registry.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $W/registry
-  delete:
-    enabled: true
-http:
-  addr: $reg
-EOF
-docker-registry serve "$W/registry.yml" >"$W/logs/registry.log" 2>&1 &
-reg_pid=$!
-for _ in $(seq 100); do
-    curl -sf "http://$reg/v2/" >/dev/null && break
-    kill -0 "$reg_pid" 2>/dev/null || { cat "$W/logs/registry.log" >&2; die "registry exited"; }
-    sleep 0.1
-done
-curl -sf "http://$reg/v2/" >/dev/null || die "registry not answering on $reg"
-log "registry on $reg"
+start_registry
 
 dtk=$reg/bench/dtk:$abi
 runtime=$reg/bench/kmod:bookworm
@@ -219,17 +179,7 @@ runtime_size=$(jq '[.layers[].size] | add' <<<"$runtime_raw")
 log "pushed $dtk ($(mb "$dtk_size") MB compressed) and $runtime ($(mb "$runtime_size") MB) in $t_fixtures s"
 
 # --- 3. Debian's Docker engine, private socket and dirs ---
-log "starting dockerd ($(/usr/sbin/dockerd --version))"
-/usr/sbin/dockerd --host "unix://$W/docker.sock" --data-root "$W/docker-data" --exec-root "$W/docker-exec" \
-    --pidfile "$W/docker.pid" --bridge=none --iptables=false --ip6tables=false >"$W/logs/dockerd.log" 2>&1 &
-dockerd_pid=$!
-dk() { "$DOCKER" -H "unix://$W/docker.sock" "$@"; }
-for _ in $(seq 120); do
-    dk info >/dev/null 2>&1 && break
-    kill -0 "$dockerd_pid" 2>/dev/null || { tail -30 "$W/logs/dockerd.log" >&2; die "dockerd exited"; }
-    sleep 0.5
-done
-dk info >/dev/null 2>&1 || { tail -30 "$W/logs/dockerd.log" >&2; die "dockerd did not come up"; }
+start_dockerd
 engine_version=$(dk version -f '{{.Server.Version}}')
 log "dockerd $engine_version, pid $dockerd_pid"
 

@@ -86,24 +86,10 @@ sampler_pid=
 cleanup() {
     set +e
     [[ -n $sampler_pid ]] && kill "$sampler_pid" 2>/dev/null && wait "$sampler_pid" 2>/dev/null
-    if [[ -f $W/docker.pid ]]; then
-        dockerd_pid=$(cat "$W/docker.pid")
-    fi
-    if [[ -n $dockerd_pid ]] && kill -0 "$dockerd_pid" 2>/dev/null; then
-        kill "$dockerd_pid"
-        for _ in $(seq 60); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.5; done
-        kill -0 "$dockerd_pid" 2>/dev/null && kill -9 "$dockerd_pid"
-    fi
-    if [[ -n $reg_pid ]] && kill -0 "$reg_pid" 2>/dev/null; then
-        kill "$reg_pid"; wait "$reg_pid" 2>/dev/null
-    fi
-    if [[ -z ${KEEP:-} ]]; then
-        # Mounts left behind by an engine that died uncleanly.
-        findmnt -rn -o TARGET | grep -E "^$W/docker-(data|exec)" | sort -r | xargs -r -n1 umount -l
-        rm -rf "$W/docker-data" "$W/docker-exec" "$W/registry" "$W/pull" "$W/rf-kforge" "$W/rf-kmm" \
-            "$W/ctx" "$W/keys" "$W/unsigned-oci.tmp" "$W/bundle.tmp" "$W/kforge-tmp"
-    fi
-    rm -f "$W/docker.sock" "$W/docker.pid" "$W/sampling"
+    stop_dockerd_and_registry
+    [[ -n ${KEEP:-} ]] || rm -rf "$W/pull" "$W/rf-kforge" "$W/rf-kmm" "$W/ctx" "$W/keys" "$W/unsigned-oci.tmp" \
+        "$W/bundle.tmp" "$W/kforge-tmp"
+    rm -f "$W/sampling"
 }
 trap cleanup EXIT
 
@@ -118,31 +104,7 @@ key=$W/keys/key.pem
 cert=$W/keys/cert.pem
 
 # --- 4. Throwaway registry on a free loopback port ---
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-reg=127.0.0.1:$port
-cat >"$W/registry.yml" <<EOF
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $W/registry
-  delete:
-    enabled: true
-http:
-  addr: $reg
-EOF
-docker-registry serve "$W/registry.yml" >"$W/logs/registry.log" 2>&1 &
-reg_pid=$!
-for _ in $(seq 100); do
-    curl -sf "http://$reg/v2/" >/dev/null && break
-    kill -0 "$reg_pid" 2>/dev/null || { cat "$W/logs/registry.log" >&2; die "registry exited"; }
-    sleep 0.1
-done
-curl -sf "http://$reg/v2/" >/dev/null || die "registry not answering on $reg"
-log "registry on $reg"
+start_registry
 blobs_dir=$W/registry/docker/registry/v2/blobs
 blob_bytes() { if [[ -d $blobs_dir ]]; then du -sb "$blobs_dir" | cut -f1; else echo 0; fi; }
 
@@ -186,17 +148,7 @@ grep -q "usr/lib/linux-kbuild-$kver/scripts/sign-file\$" < <(tar -tf "$base_tar"
     die "$base_tar has no usr/lib/linux-kbuild-$kver/scripts/sign-file"
 
 # --- 7. Debian's Docker engine, private socket and dirs ---
-log "starting dockerd ($(/usr/sbin/dockerd --version))"
-/usr/sbin/dockerd --host "unix://$W/docker.sock" --data-root "$W/docker-data" --exec-root "$W/docker-exec" \
-    --pidfile "$W/docker.pid" --bridge=none --iptables=false --ip6tables=false >"$W/logs/dockerd.log" 2>&1 &
-dockerd_pid=$!
-dk() { "$DOCKER" -H "unix://$W/docker.sock" "$@"; }
-for _ in $(seq 120); do
-    dk info >/dev/null 2>&1 && break
-    kill -0 "$dockerd_pid" 2>/dev/null || { tail -30 "$W/logs/dockerd.log" >&2; die "dockerd exited"; }
-    sleep 0.5
-done
-dk info >/dev/null 2>&1 || { tail -30 "$W/logs/dockerd.log" >&2; die "dockerd did not come up"; }
+start_dockerd
 containerd_pid=$(pgrep -P "$dockerd_pid" -x containerd | head -n1 || true)
 log "dockerd pid $dockerd_pid, its containerd pid ${containerd_pid:-none}"
 log "importing the signer base as $reg/bench/signer-base:latest"
