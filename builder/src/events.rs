@@ -71,25 +71,19 @@ pub struct PlainPrinter<W: Write> {
     /// Per step: announced, finished.
     state: HashMap<String, (bool, bool)>,
     last_push: HashMap<String, String>,
-    /// Sub-tasks (step, name) announced and finished.
-    progress: HashMap<(String, String), bool>,
-    progress_started: std::collections::HashSet<(String, String)>,
+    /// Per sub-task (step, name): announced, finished.
+    progress: HashMap<(String, String), (bool, bool)>,
 }
 
 impl<W: Write> PlainPrinter<W> {
     /// A printer writing to `out`.
     pub fn new(out: W) -> Self {
-        PlainPrinter { out, numbers: HashMap::new(), state: HashMap::new(), last_push: HashMap::new(), progress: HashMap::new(), progress_started: Default::default() }
+        PlainPrinter { out, numbers: HashMap::new(), state: HashMap::new(), last_push: HashMap::new(), progress: HashMap::new() }
     }
 
     fn number(&mut self, id: &str) -> usize {
         let next = self.numbers.len() + 1;
         *self.numbers.entry(id.to_string()).or_insert(next)
-    }
-
-    /// Whether a sub-task was already announced; marks it announced.
-    fn announced_progress(&mut self, step: &str, name: &str) -> bool {
-        !self.progress_started.insert((step.to_string(), name.to_string()))
     }
 
     /// Writes one event; I/O errors are ignored (progress output must never fail a build).
@@ -128,7 +122,7 @@ impl<W: Write> PlainPrinter<W> {
             Event::Progress { step, name, total, completed, .. } => {
                 // BuildKit repeats a sub-task's status while it runs: print its start and end once.
                 let n = self.number(step);
-                let done = self.progress.entry((step.clone(), name.clone())).or_insert(false);
+                let (announced, done) = self.progress.entry((step.clone(), name.clone())).or_default();
                 if *done {
                 } else if *completed {
                     *done = true;
@@ -137,7 +131,7 @@ impl<W: Write> PlainPrinter<W> {
                     } else {
                         writeln!(self.out, "#{n} {name} done")?;
                     }
-                } else if !self.announced_progress(step, name) {
+                } else if !std::mem::replace(announced, true) {
                     writeln!(self.out, "#{n} {name}")?;
                 }
             }
