@@ -1,14 +1,16 @@
-//! End to end: `kforge build` and the Builder service against a real BuildKit — the one inside
-//! Debian's Docker engine, started privately by each test — and a real Debian `docker-registry`.
-//! The module is built for the kernel ABI `linux-headers-amd64` depends on today, in a
+//! End to end: `kforge build` and the Builder service against a real BuildKit and a real Debian
+//! `docker-registry`. Each scenario runs three times, against a BuildKit started privately by the
+//! test: the one inside Debian's Docker engine (`docker://`), and the pinned standalone buildkitd
+//! built by tests/peers/build.sh (what runs in a cluster) over `unix://` and over `tcp://` with
+//! mutual TLS. The module is built for the kernel ABI `linux-headers-amd64` depends on today, in a
 //! Driver-Toolkit-like image made from Debian packages (cached between runs).
-//! A standalone buildkitd is used when `BUILDKIT_HOST` points at one.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use support::buildkitd::{BuildKit, Kind};
 use support::docker::Engine;
 use support::registry::{skopeo_copy, umoci_unpack, Registry};
 use support::{dtk, fails, kernel_abi, modinfo, ok, output, text};
@@ -24,11 +26,13 @@ fn module_sources() -> PathBuf {
 
 /// `kforge build` against `buildkit` with a private, empty docker config (credentials only from
 /// `--auth-file`).
-fn kforge_build(buildkit: &str, home: &Path) -> Command {
+fn kforge_build(buildkit: &BuildKit, home: &Path) -> Command {
     let mut cmd = support::kforge();
-    cmd.arg("build").arg("--buildkit").arg(buildkit).env("DOCKER_CONFIG", home).env_remove("BUILDKIT_HOST").stdin(Stdio::null());
+    cmd.arg("build").args(buildkit.args()).env("DOCKER_CONFIG", home).env_remove("BUILDKIT_HOST").stdin(Stdio::null());
     cmd
 }
+
+on_every_buildkit!(builds_a_kmm_module_image, secrets_reach_run_mounts_and_no_layer, a_private_base_needs_the_session_credentials, build_errors_name_the_problem, cancelling_the_client_stops_the_build, the_deadline_stops_the_build);
 
 /// Copies an image out of the registry into an OCI layout and unpacks it; returns the rootfs.
 fn unpack(registry: &Registry, reference: &str, dir: &Path) -> PathBuf {
@@ -74,18 +78,17 @@ fn pushed_digest(registry: &Registry, stdout: &str, repo: &str, tag: &str) -> St
     digest.to_string()
 }
 
-#[test]
-fn builds_a_kmm_module_image_through_the_docker_engine() {
+fn builds_a_kmm_module_image(kind: Kind) {
     let abi = kernel_abi();
-    let engine = Engine::start();
     let registry = Registry::start_plain();
+    let engine = BuildKit::start(kind, &[&registry]);
     let dtk = dtk::push_dtk(&registry, &abi, &format!("dtk:{abi}"));
     let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
     let home = tempfile::tempdir().expect("tempdir");
     let target = format!("{}/modules/kforge_hello:{abi}", registry.host());
 
     let build = |extra: &[&str]| {
-        let mut cmd = kforge_build(&engine.url(), home.path());
+        let mut cmd = kforge_build(&engine, home.path());
         cmd.arg("-f").arg(kmm_dockerfile()).arg("--context").arg(module_sources());
         for arg in [format!("DTK_AUTO={dtk}"), format!("RUNTIME_IMAGE={runtime}"), format!("KERNEL_FULL_VERSION={abi}"), "MOD_NAME=kforge_hello".into()] {
             cmd.arg("--build-arg").arg(arg);
@@ -96,7 +99,7 @@ fn builds_a_kmm_module_image_through_the_docker_engine() {
 
     let first = build(&[]);
     let (stdout, stderr) = (text(&first.stdout), text(&first.stderr));
-    assert!(first.status.success(), "kforge build failed:\n{stderr}\nengine log:\n{}", engine.log_tail(30));
+    assert!(first.status.success(), "kforge build failed:\n{stderr}\nBuildKit log:\n{}", engine.log_tail(30));
     // Progress like buildctl --progress=plain, with the module's compiler output.
     assert!(stderr.contains("RUN make -C /usr/src/linux-headers-"), "{stderr}");
     assert!(stderr.contains("kforge_hello.ko"), "make's output reaches the progress: {stderr}");
@@ -132,10 +135,9 @@ fn builds_a_kmm_module_image_through_the_docker_engine() {
     assert_eq!(registry.tags("modules/kforge_hello"), vec![abi.clone()], "no other tag was pushed");
 }
 
-#[test]
-fn secrets_reach_run_mounts_and_no_layer() {
-    let engine = Engine::start();
+fn secrets_reach_run_mounts_and_no_layer(kind: Kind) {
     let registry = Registry::start_plain();
+    let engine = BuildKit::start(kind, &[&registry]);
     let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
     let home = tempfile::tempdir().expect("tempdir");
     let secret_value = "kforge-test-secret-7f3a9c";
@@ -146,10 +148,10 @@ fn secrets_reach_run_mounts_and_no_layer() {
     std::fs::write(&dockerfile, format!("FROM {runtime}\nRUN --mount=type=secret,id=token,required=true sha256sum /run/secrets/token | cut -d' ' -f1 > /secret-sha256\n"))
         .expect("write Dockerfile");
     let target = format!("{}/secrets/test:1", registry.host());
-    let mut cmd = kforge_build(&engine.url(), home.path());
+    let mut cmd = kforge_build(&engine, home.path());
     cmd.arg("-f").arg(&dockerfile).arg("--secret").arg(format!("id=token,src={}", secret.display())).args(["--to", &target]);
     let out = output(&mut cmd);
-    assert!(out.status.success(), "{}\nengine log:\n{}", text(&out.stderr), engine.log_tail(30));
+    assert!(out.status.success(), "{}\nBuildKit log:\n{}", text(&out.stderr), engine.log_tail(30));
     assert!(!text(&out.stderr).contains(secret_value), "the secret is not printed");
 
     let work = tempfile::tempdir().expect("tempdir");
@@ -164,18 +166,17 @@ fn secrets_reach_run_mounts_and_no_layer() {
 
     // Without the secret the required mount fails and names the secret (secrets are not part
     // of BuildKit's cache key, hence --no-cache).
-    let mut cmd = kforge_build(&engine.url(), home.path());
+    let mut cmd = kforge_build(&engine, home.path());
     cmd.arg("-f").arg(&dockerfile).args(["--no-cache", "--to", &format!("{}/secrets/test:2", registry.host())]);
     let e = fails(&mut cmd);
     let error = e.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {e}"));
     assert!(error.contains("secret token"), "{error}");
 }
 
-#[test]
-fn a_private_base_needs_the_session_credentials() {
+fn a_private_base_needs_the_session_credentials(kind: Kind) {
     let (user, password) = ("builder", "b1-pass");
     let registry = Registry::start_tls_basic_auth(user, password);
-    let engine = Engine::start_with_config(serde_json::json!({ "insecure-registries": [format!("https://{}", registry.host())] }));
+    let engine = BuildKit::start(kind, &[&registry]);
     let runtime = dtk::push_runtime(&registry, "private/kmod:bookworm");
     let home = tempfile::tempdir().expect("tempdir");
     let dockerfile = home.path().join("Dockerfile");
@@ -183,7 +184,7 @@ fn a_private_base_needs_the_session_credentials() {
     let target = format!("{}/private/out:1", registry.host());
 
     // No credentials: the pull is refused, and the error names the base and its registry.
-    let mut cmd = kforge_build(&engine.url(), home.path());
+    let mut cmd = kforge_build(&engine, home.path());
     cmd.arg("-f").arg(&dockerfile).args(["--to", &target]);
     let e = fails(&mut cmd);
     assert!(e.contains(&format!("base image {runtime}")) || e.contains(&runtime), "{e}");
@@ -192,25 +193,26 @@ fn a_private_base_needs_the_session_credentials() {
 
     // With them (served through the session, and given to the engine's push): built and pushed.
     let auth = registry.auth_file(user, password);
-    let mut cmd = kforge_build(&engine.url(), home.path());
+    let mut cmd = kforge_build(&engine, home.path());
     cmd.arg("-f").arg(&dockerfile).arg("--auth-file").arg(&auth).args(["--to", &target]);
     let out = output(&mut cmd);
-    assert!(out.status.success(), "{}\nengine log:\n{}", text(&out.stderr), engine.log_tail(30));
+    assert!(out.status.success(), "{}\nBuildKit log:\n{}", text(&out.stderr), engine.log_tail(30));
     pushed_digest(&registry, &text(&out.stdout), "private/out", "1");
     // The engine's own CLI holds no credentials: they came with the request.
-    assert!(!engine.cli_config().join("config.json").exists());
+    if let Some(engine) = engine.engine() {
+        assert!(!engine.cli_config().join("config.json").exists());
+    }
 }
 
-#[test]
-fn build_errors_name_the_problem() {
-    let engine = Engine::start();
+fn build_errors_name_the_problem(kind: Kind) {
     let registry = Registry::start_plain();
+    let engine = BuildKit::start(kind, &[&registry]);
     let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
     let home = tempfile::tempdir().expect("tempdir");
     let run = |dockerfile: &str, tag: &str| {
         let path = home.path().join(format!("Dockerfile.{tag}"));
         std::fs::write(&path, dockerfile).expect("write Dockerfile");
-        let mut cmd = kforge_build(&engine.url(), home.path());
+        let mut cmd = kforge_build(&engine, home.path());
         cmd.arg("-f").arg(&path).args(["--to", &format!("{}/errors/x:{tag}", registry.host())]);
         fails(&mut cmd)
     };
@@ -231,44 +233,121 @@ fn build_errors_name_the_problem() {
 
     // A registry that refuses the push (nothing listens there): the build succeeds, the push fails.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let mut cmd = kforge_build(&engine.url(), home.path());
+    let mut cmd = kforge_build(&engine, home.path());
     cmd.arg("-f").arg(home.path().join("Dockerfile.run")).args(["--to", &format!("{closed}/errors/x:push")]);
     std::fs::write(home.path().join("Dockerfile.run"), format!("FROM {runtime}\nRUN true\n")).expect("write Dockerfile");
     let e = fails(&mut cmd);
     let error = e.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {e}"));
-    assert!(error.contains(&format!("push of {closed}/errors/x:push")), "{error}");
+    // The engine pushes after the build, buildkitd's exporter during it: both name the target.
+    assert!(error.contains(&format!("{closed}/errors/x:push")) && (error.contains("push of") || error.contains("refused the push")), "{error}");
 
-    // An engine that is not there.
+    // A BuildKit that is not there.
     let gone = home.path().join("absent.sock");
-    let mut cmd = kforge_build(&format!("docker://{}", gone.display()), home.path());
+    let scheme = if kind == Kind::DockerEngine { "docker" } else { "unix" };
+    let mut cmd = support::kforge();
+    cmd.args(["build", "--buildkit", &format!("{scheme}://{}", gone.display())]).env("DOCKER_CONFIG", home.path()).env_remove("BUILDKIT_HOST");
     cmd.arg("-f").arg(home.path().join("Dockerfile.typo")).args(["--to", &format!("{}/errors/x:gone", registry.host())]);
     let e = fails(&mut cmd);
     assert!(e.contains("unreachable") && e.contains(&gone.display().to_string()), "{e}");
 }
 
-/// A standalone buildkitd (what runs in a cluster), when `BUILDKIT_HOST` names one: the same
-/// build, exported by BuildKit's own image exporter with push.
-#[test]
-fn standalone_buildkitd_when_buildkit_host_is_set() {
-    let Some(host) = std::env::var("BUILDKIT_HOST").ok().filter(|h| !h.is_empty()) else {
-        eprintln!("BUILDKIT_HOST is not set: skipping the standalone buildkitd test");
-        return;
-    };
-    // buildkitd must reach this registry: KFORGE_TEST_REGISTRY names one it can push to (and that
-    // this test can read with plain HTTP), e.g. a registry on the buildkitd host's loopback.
-    let Some(registry_host) = std::env::var("KFORGE_TEST_REGISTRY").ok().filter(|h| !h.is_empty()) else {
-        eprintln!("KFORGE_TEST_REGISTRY is not set: skipping the standalone buildkitd test");
-        return;
-    };
+/// A Dockerfile whose step runs until it is stopped, and the command line of that step's process,
+/// unique to this call so that the test can find it among every process of the machine.
+fn endless_step(runtime: &str) -> (String, String) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seconds = format!("{}.{:06}{n}", 86_400 + std::process::id() % 10_000, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_micros()).unwrap_or(0));
+    (format!("FROM {runtime}\nRUN echo started; exec sleep {seconds}\n"), format!("sleep {seconds}"))
+}
+
+/// The pids of the machine's processes whose command line is `cmdline`.
+fn processes(cmdline: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == cmdline))
+        .collect()
+}
+
+/// Waits up to `limit` for `done`; false if it never became true.
+fn wait_for(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    done()
+}
+
+fn cancelling_the_client_stops_the_build(kind: Kind) {
+    let registry = Registry::start_plain();
+    let buildkit = BuildKit::start(kind, &[&registry]);
+    let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
     let home = tempfile::tempdir().expect("tempdir");
-    let dockerfile = home.path().join("Dockerfile");
-    let base = std::env::var("KFORGE_TEST_BASE").unwrap_or_else(|_| "docker.io/library/busybox:latest".into());
-    std::fs::write(&dockerfile, format!("FROM {base}\nARG KERNEL_FULL_VERSION\nRUN echo $KERNEL_FULL_VERSION > /kernel\n")).expect("write");
-    let target = format!("{registry_host}/kforge-e2e/standalone:{}", std::process::id());
-    let mut cmd = kforge_build(&host, home.path());
-    cmd.arg("-f").arg(&dockerfile).args(["--build-arg", "KERNEL_FULL_VERSION=6.1.0-test", "--insecure", "--to", &target]);
-    let stdout = ok(&mut cmd);
-    assert!(stdout.trim().starts_with(&format!("{registry_host}/kforge-e2e/standalone@sha256:")), "{stdout}");
+    let (dockerfile, step) = endless_step(&runtime);
+    let path = home.path().join("Dockerfile");
+    std::fs::write(&path, dockerfile).expect("write Dockerfile");
+    let mut cmd = kforge_build(&buildkit, home.path());
+    cmd.arg("-f").arg(&path).args(["--progress", "plain", "--to", &format!("{}/cancel/x:1", registry.host())]).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("start kforge build");
+    let running = wait_for(std::time::Duration::from_secs(120), || !processes(&step).is_empty());
+    if !running {
+        let _ = child.kill();
+        panic!("the step `{step}` never ran; BuildKit log:\n{}", buildkit.log_tail(30));
+    }
+
+    // Ctrl-C on the client: the solve is cancelled and the step's process goes away.
+    support::docker::signal("INT", child.id());
+    let exited = wait_for(std::time::Duration::from_secs(30), || child.try_wait().ok().flatten().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait for kforge build");
+    assert!(exited, "kforge build did not exit within 30 s of SIGINT");
+    assert!(!status.success(), "an interrupted build does not succeed");
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || processes(&step).is_empty()),
+        "BuildKit still runs `{step}` 30 s after the client went away (pids {:?}); log:\n{}",
+        processes(&step),
+        buildkit.log_tail(30)
+    );
+    assert!(registry.tags("cancel/x").is_empty(), "a cancelled build pushed nothing");
+}
+
+fn the_deadline_stops_the_build(kind: Kind) {
+    let registry = Registry::start_plain();
+    let buildkit = BuildKit::start(kind, &[&registry]);
+    let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
+    let home = tempfile::tempdir().expect("tempdir");
+    let (dockerfile, step) = endless_step(&runtime);
+    let path = home.path().join("Dockerfile");
+    std::fs::write(&path, dockerfile).expect("write Dockerfile");
+    let mut cmd = kforge_build(&buildkit, home.path());
+    cmd.arg("-f").arg(&path).args(["--deadline", "20", "--to", &format!("{}/deadline/x:1", registry.host())]).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start kforge build");
+    let ran = wait_for(std::time::Duration::from_secs(20), || !processes(&step).is_empty());
+    let exited = wait_for(std::time::Duration::from_secs(60), || child.try_wait().ok().flatten().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("wait for kforge build");
+    let e = text(&out.stderr);
+    assert!(ran, "the step `{step}` never ran before the deadline: {e}");
+    assert!(exited, "kforge build did not stop within 40 s after its deadline: {e}");
+    assert!(!out.status.success(), "{e}");
+    let error = e.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {e}"));
+    assert!(error.contains("did not finish within 20 s") && error.contains("cancelled"), "{error}");
+    assert!(
+        wait_for(std::time::Duration::from_secs(30), || processes(&step).is_empty()),
+        "BuildKit still runs `{step}` after the deadline (pids {:?}); log:\n{}",
+        processes(&step),
+        buildkit.log_tail(30)
+    );
+    assert!(registry.tags("deadline/x").is_empty(), "a build past its deadline pushed nothing");
 }
 
 /// `kforge serve` running the Builder service against the engine, for gRPC callers.

@@ -272,12 +272,12 @@ impl Drop for Engine {
 }
 
 /// `kill -s SIG PID`.
-fn signal(sig: &str, pid: u32) {
+pub fn signal(sig: &str, pid: u32) {
     let _ = Command::new("kill").args(["-s", sig, &pid.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
 
 /// SIGKILLs every process (but this one) whose command line contains `dir`, and waits until they are gone.
-fn kill_processes_naming(dir: &Path) {
+pub fn kill_processes_naming(dir: &Path) {
     let needle = dir.as_os_str().as_encoded_bytes();
     let me = std::process::id();
     let found: Vec<u32> = std::fs::read_dir("/proc")
@@ -307,7 +307,7 @@ fn is_alive(pid: u32) -> bool {
 }
 
 /// Lazily unmounts (`umount -l`) every mount at or below `dir`, deepest first.
-fn unmount_under(dir: &Path) {
+pub fn unmount_under(dir: &Path) {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut mounts: Vec<PathBuf> = mountinfo
         .lines()
@@ -348,7 +348,7 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 /// Whether the effective user is root (from /proc/self/status).
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().nth(1)).map(|euid| euid == "0"))

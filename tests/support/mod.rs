@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod buildkitd;
 pub mod dtk;
 pub mod oci;
+pub mod peers;
 pub mod pki;
 pub mod registry;
 

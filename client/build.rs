@@ -1,0 +1,48 @@
+//! Tells the end-to-end tests in `tests/` which upstream peers (built by `tests/peers/build.sh` into
+//! the test cache) are missing, so that the tests needing them are ignored with a reason instead of
+//! passing silently: `cfg(kforge_no_buildkitd)`, `cfg(kforge_no_control_plane)`. Under `CI=true` no
+//! such cfg is set: there a missing peer fails the tests that need it, saying what to install.
+
+use std::path::{Path, PathBuf};
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(kforge_no_buildkitd)");
+    println!("cargo::rustc-check-cfg=cfg(kforge_no_control_plane)");
+    for var in ["CI", "KFORGE_TEST_CACHE", "XDG_CACHE_HOME", "HOME"] {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
+    let pins_file = Path::new("../tests/peers/versions.env");
+    println!("cargo::rerun-if-changed={}", pins_file.display());
+    let pins = std::fs::read_to_string(pins_file).unwrap_or_default();
+    let Some(cache) = cache_dir() else { return };
+    let bin = cache.join("bin");
+    // Peers appear as directories renamed into `bin/`, which changes its modification time.
+    if let Some(watch) = [&bin, &cache].into_iter().find(|p| p.is_dir()) {
+        println!("cargo::rerun-if-changed={}", watch.display());
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        return;
+    }
+    let have = |key: &str, name: &str, programs: &[&str]| {
+        let version = pins.lines().find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=')).map(str::trim).unwrap_or("");
+        let dir = bin.join(format!("{name}-{version}"));
+        !version.is_empty() && programs.iter().all(|p| dir.join(p).is_file())
+    };
+    if !have("BUILDKIT_VERSION", "buildkit", &["buildkitd", "buildctl"]) {
+        println!("cargo::rustc-cfg=kforge_no_buildkitd");
+    }
+    let control_plane = have("ETCD_VERSION", "etcd", &["etcd"])
+        && have("KUBERNETES_VERSION", "kubernetes", &["kube-apiserver", "kube-controller-manager", "kube-scheduler"])
+        && have("KWOK_VERSION", "kwok", &["kwok"]);
+    if !control_plane {
+        println!("cargo::rustc-cfg=kforge_no_control_plane");
+    }
+}
+
+/// The test cache as `tests/support/dtk.rs` finds it.
+fn cache_dir() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("KFORGE_TEST_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").filter(|p| p.is_absolute()).map(|x| x.join("kforge-tests")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/kforge-tests")))
+}
