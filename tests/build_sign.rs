@@ -1,7 +1,8 @@
 //! End to end: `kforge build-sign` (KMM's build and sign in one request) and `kforge dtk resolve`
-//! against Debian's dockerd BuildKit and docker-registry, for two kernels: the ABI
-//! `linux-headers-amd64` depends on and an older one still in Debian's archive, each with its own
-//! Driver-Toolkit-like image.
+//! against a real BuildKit — Debian's dockerd, and the pinned standalone buildkitd over `unix://` and
+//! `tcp://` with mutual TLS (the in-cluster path: the unsigned build is pushed by digest) — and
+//! Debian's docker-registry, for two kernels: the ABI `linux-headers-amd64` depends on and an older
+//! one still in Debian's archive, each with its own Driver-Toolkit-like image.
 
 mod support;
 
@@ -10,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use support::buildkitd::{BuildKit, Kind};
 use support::docker::Engine;
 use support::registry::{skopeo_copy, umoci_unpack, Registry};
 use support::{dtk, fails, kernel_abi, modinfo, ok, openssl_keys, output, text};
@@ -23,10 +25,12 @@ fn sha256_hex(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Polls a tag's manifest while builds run and remembers every digest it pointed at.
+/// Polls a repository's tag list and its tags' manifests while builds run, and remembers every
+/// `tag@digest` and every tag it saw.
 struct TagWatch {
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<String>>>,
+    tags_seen: Arc<Mutex<Vec<String>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -34,9 +38,20 @@ impl TagWatch {
     fn start(registry_url: String, repo: String, tags: Vec<String>) -> TagWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (s, v) = (stop.clone(), seen.clone());
+        let tags_seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, v, t) = (stop.clone(), seen.clone(), tags_seen.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
+                let list = Command::new("curl").args(["-sS", "--noproxy", "*", "-f"]).arg(format!("{registry_url}/v2/{repo}/tags/list")).stderr(Stdio::null()).output();
+                if let Some(o) = list.ok().filter(|o| o.status.success()) {
+                    let body: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+                    let mut all = t.lock().expect("lock");
+                    for tag in body["tags"].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
+                        if !all.iter().any(|x| x == tag) {
+                            all.push(tag.to_string());
+                        }
+                    }
+                }
                 for tag in &tags {
                     let out = Command::new("curl")
                         .args(["-sS", "--noproxy", "*", "-f", "-H", "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"])
@@ -56,28 +71,30 @@ impl TagWatch {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         });
-        TagWatch { stop, seen, thread: Some(thread) }
+        TagWatch { stop, seen, tags_seen, thread: Some(thread) }
     }
 
-    fn finish(mut self) -> Vec<String> {
+    /// (every `tag@digest` seen, every tag the tag list ever showed).
+    fn finish(mut self) -> (Vec<String>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.seen.lock().expect("lock").clone()
+        (self.seen.lock().expect("lock").clone(), self.tags_seen.lock().expect("lock").clone())
     }
 }
 
-#[test]
-fn builds_and_signs_for_two_kernels_and_never_tags_an_unsigned_image() {
+on_every_buildkit!(builds_and_signs_for_two_kernels_and_never_tags_an_unsigned_image, a_failing_build_is_retried_then_reported_and_tags_nothing);
+
+fn builds_and_signs_for_two_kernels_and_never_tags_an_unsigned_image(kind: Kind) {
     let abi = kernel_abi();
     let previous = dtk::previous_abi(&abi);
     let kernels: Vec<String> = std::iter::once(abi.clone()).chain(previous.clone()).collect();
     if previous.is_none() {
         eprintln!("no older linux-headers-*-amd64 in the apt sources: one kernel only");
     }
-    let engine = Engine::start();
     let registry = Registry::start_plain();
+    let buildkit = BuildKit::start(kind, &[&registry]);
     for k in &kernels {
         dtk::push_dtk(&registry, k, &format!("dtk:{k}"));
     }
@@ -89,7 +106,9 @@ fn builds_and_signs_for_two_kernels_and_never_tags_an_unsigned_image() {
 
     let build_sign = |kernel: &str, extra: &[&str]| {
         let mut cmd = support::kforge();
-        cmd.args(["build-sign", "--buildkit", &engine.url(), "--progress", "plain"])
+        cmd.arg("build-sign")
+            .args(buildkit.args())
+            .args(["--progress", "plain"])
             .arg("-f")
             .arg(repo_file("dockerfiles/kmm-module.Dockerfile"))
             .arg("--context")
@@ -113,7 +132,7 @@ fn builds_and_signs_for_two_kernels_and_never_tags_an_unsigned_image() {
     for k in &kernels {
         let out = build_sign(k, &[]);
         let stderr = text(&out.stderr);
-        assert!(out.status.success(), "build-sign for {k} failed:\n{stderr}\nengine log:\n{}", engine.log_tail(30));
+        assert!(out.status.success(), "build-sign for {k} failed:\n{stderr}\nBuildKit log:\n{}", buildkit.log_tail(30));
         // DTK_AUTO came from the template, as a digest.
         assert!(stderr.contains(&format!("DTK_AUTO = {}/dtk@sha256:", registry.host())) && stderr.contains("template"), "{stderr}");
         assert!(stderr.contains("kforge: signed /opt/lib/modules/"), "{stderr}");
@@ -122,7 +141,11 @@ fn builds_and_signs_for_two_kernels_and_never_tags_an_unsigned_image() {
         assert_eq!(name, format!("{}/{repo}", registry.host()));
         digests.push((k.clone(), digest.to_string()));
     }
-    let seen = watch.finish();
+    let (seen, tags_seen) = watch.finish();
+    // The tag list never showed anything but the kernels' tags.
+    for tag in &tags_seen {
+        assert!(kernels.contains(tag), "the registry listed the tag {tag} during the run");
+    }
     // Each tag only ever pointed at its signed image.
     let want: Vec<String> = digests.iter().map(|(k, d)| format!("{k}@{d}")).collect();
     for s in &seen {
@@ -133,9 +156,19 @@ fn builds_and_signs_for_two_kernels_and_never_tags_an_unsigned_image() {
     let mut expected = kernels.clone();
     expected.sort();
     assert_eq!(tags, expected, "no extra (unsigned, temporary) tag");
-    // The engine keeps no unsigned image under kforge's private name.
-    let (_, images) = engine.get("/images/json");
-    assert!(!images.contains("kforge-unsigned/"), "{images}");
+    match buildkit.engine() {
+        // The engine keeps no unsigned image under kforge's private name.
+        Some(engine) => {
+            let (_, images) = engine.get("/images/json");
+            assert!(!images.contains("kforge-unsigned/"), "{images}");
+        }
+        // buildkitd pushed each unsigned build by digest into the repository: there, untagged.
+        None => {
+            let signed: Vec<&str> = digests.iter().map(|(_, d)| d.as_str()).collect();
+            let untagged: Vec<String> = manifest_revisions(&registry, repo).into_iter().filter(|d| !signed.contains(&d.as_str())).collect();
+            assert_eq!(untagged.len(), kernels.len(), "one unsigned manifest per kernel, pushed by digest: {untagged:?}");
+        }
+    }
 
     // Every module verifies with the certificate and is built for its kernel.
     for (k, digest) in &digests {
@@ -168,10 +201,19 @@ fn builds_and_signs_for_two_kernels_and_never_tags_an_unsigned_image() {
     assert_ne!(text(&changed.stdout).trim(), format!("{}/{repo}@{digest}", registry.host()));
 }
 
-#[test]
-fn a_failing_build_is_retried_then_reported_and_tags_nothing() {
-    let engine = Engine::start();
+/// The digests of every manifest a repository holds, tagged or not (from the registry's storage).
+fn manifest_revisions(registry: &Registry, repo: &str) -> Vec<String> {
+    let dir = registry.storage().join(format!("docker/registry/v2/repositories/{repo}/_manifests/revisions/sha256"));
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+        .collect()
+}
+
+fn a_failing_build_is_retried_then_reported_and_tags_nothing(kind: Kind) {
     let registry = Registry::start_plain();
+    let buildkit = BuildKit::start(kind, &[&registry]);
     let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = openssl_keys(dir.path(), "k", 2048);
@@ -179,7 +221,7 @@ fn a_failing_build_is_retried_then_reported_and_tags_nothing() {
     std::fs::write(&dockerfile, format!("FROM {runtime}\nARG KERNEL_FULL_VERSION\nRUN echo building for $KERNEL_FULL_VERSION; exit 3\n")).expect("write");
     let target = format!("{}/broken/mod:1", registry.host());
     let mut cmd = support::kforge();
-    cmd.args(["build-sign", "--buildkit", &engine.url(), "--kernel", "6.1.0-1-amd64", "--attempts", "2", "--to", &target])
+    cmd.arg("build-sign").args(buildkit.args()).args(["--kernel", "6.1.0-1-amd64", "--attempts", "2", "--to", &target])
         .arg("-f")
         .arg(&dockerfile)
         .arg("--key")
@@ -377,22 +419,4 @@ fn signs_an_unsigned_image_and_re_signs_when_its_tag_moves() {
     assert!(stderr.contains("kforge_params.ko"), "the new module was signed: {stderr}");
     assert_ne!(text(&moved.stdout).trim(), signed);
     assert_eq!(registry.tags("signed"), vec![m.abi.clone()]);
-}
-
-/// Against a real cluster when `KUBECONFIG` and `KFORGE_TEST_DTK_KERNEL` (a kernel its nodes run) are
-/// set: on OpenShift the ImageStream answers; elsewhere a `--dtk-template` given in
-/// `KFORGE_TEST_DTK_TEMPLATE` may. The kube mock in builder/dtk/tests covers the protocol here.
-#[test]
-fn dtk_resolve_against_a_cluster_when_kubeconfig_is_set() {
-    let (Some(_), Some(kernel)) = (std::env::var_os("KUBECONFIG"), std::env::var("KFORGE_TEST_DTK_KERNEL").ok()) else {
-        eprintln!("KUBECONFIG or KFORGE_TEST_DTK_KERNEL is not set: skipping the cluster DTK test");
-        return;
-    };
-    let mut cmd = support::kforge();
-    cmd.args(["dtk", "resolve", &kernel, "--kube"]);
-    if let Ok(t) = std::env::var("KFORGE_TEST_DTK_TEMPLATE") {
-        cmd.args(["--dtk-template", &t]);
-    }
-    let image = ok(&mut cmd);
-    assert!(image.trim().contains("@sha256:"), "a digest reference: {image}");
 }

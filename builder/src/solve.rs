@@ -273,8 +273,8 @@ pub(crate) async fn solve(daemon: &Daemon, spec: &BuildSpec, output: &Output, ev
             ("context".to_string(), llb::files_definition(&context)),
         ]),
         // Daemons before v0.13 read the single exporter, newer ones the list (as buildctl sends).
-        exporter: exporter.into(),
-        exporter_attrs: attrs.clone(),
+        exporter_deprecated: exporter.into(),
+        exporter_attrs_deprecated: attrs.clone(),
         exporters: vec![Exporter { r#type: exporter.into(), attrs }],
         ..Default::default()
     };

@@ -200,7 +200,7 @@ impl Double {
         }
         match &self.script.answer {
             Answer::Digest(digest) => {
-                let name = req.exporter_attrs.get("name").cloned().unwrap_or_default();
+                let name = req.exporter_attrs_deprecated.get("name").cloned().unwrap_or_default();
                 let response = HashMap::from([("containerimage.digest".to_string(), digest.to_string()), ("image.name".to_string(), name)]);
                 Ok(SolveResponse { exporter_response: response })
             }
@@ -511,12 +511,12 @@ async fn a_build_speaks_buildkits_protocol() {
     assert_eq!(mkfiles(input("dockerfile")), vec![("/Dockerfile".to_string(), DOCKERFILE.as_bytes().to_vec())]);
     assert_eq!(mkfiles(input("context")), vec![("/hello.c".to_string(), b"int hello;\n".to_vec())]);
 
-    assert_eq!(req.exporter, "image");
-    assert_eq!(req.exporter_attrs.get("name").map(String::as_str), Some(IMAGE));
-    assert_eq!(req.exporter_attrs.get("push").map(String::as_str), Some("true"));
+    assert_eq!(req.exporter_deprecated, "image");
+    assert_eq!(req.exporter_attrs_deprecated.get("name").map(String::as_str), Some(IMAGE));
+    assert_eq!(req.exporter_attrs_deprecated.get("push").map(String::as_str), Some("true"));
     assert_eq!(req.exporters.len(), 1, "{:?}", req.exporters);
     assert_eq!(req.exporters[0].r#type, "image");
-    assert_eq!(req.exporters[0].attrs, req.exporter_attrs, "the exporter list and the deprecated fields agree");
+    assert_eq!(req.exporters[0].attrs, req.exporter_attrs_deprecated, "the exporter list and the deprecated fields agree");
 
     // What BuildKit got back through the session.
     assert_eq!(seen.health, vec![tonic_health::pb::health_check_response::ServingStatus::Serving as i32]);
