@@ -466,3 +466,72 @@ fn the_builder_service_builds_and_shares_identical_requests() {
     let vermagic = modinfo(&rootfs.join(format!("opt/lib/modules/{abi}/kforge_hello.ko")), "vermagic");
     assert!(vermagic.starts_with(&format!("{abi} ")), "{vermagic}");
 }
+
+/// `buildctl` as an oracle: the same Dockerfile, context and build arguments built by `buildctl
+/// build` and by `kforge build` on the same buildkitd give the same layers (diff_ids) and the same
+/// image configuration, apart from the creation times BuildKit stamps.
+#[test]
+#[cfg_attr(kforge_no_buildkitd, ignore = "buildkitd is not built: run tests/peers/build.sh (tests/run.sh does)")]
+fn buildctl_and_kforge_build_the_same_image() {
+    let abi = kernel_abi();
+    let registry = Registry::start_plain();
+    let buildkit = BuildKit::start(Kind::Unix, &[&registry]);
+    let daemon = buildkit.daemon().expect("a buildkitd");
+    let dtk = dtk::push_dtk(&registry, &abi, &format!("dtk:{abi}"));
+    let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
+    let work = tempfile::tempdir().expect("tempdir");
+    // buildctl sends the context's files as they are on disk; kforge sends them with the Unix epoch
+    // as their time, mode 0644 and owner root: give the files on disk the same.
+    let context = work.path().join("context");
+    std::fs::create_dir(&context).expect("mkdir context");
+    for entry in std::fs::read_dir(module_sources()).expect("module sources").flatten() {
+        let to = context.join(entry.file_name());
+        std::fs::copy(entry.path(), &to).expect("copy source");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        ok(Command::new("touch").args(["-h", "-d", "@0"]).arg(&to));
+    }
+    let args = [format!("DTK_AUTO={dtk}"), format!("RUNTIME_IMAGE={runtime}"), format!("KERNEL_FULL_VERSION={abi}"), "MOD_NAME=kforge_hello".to_string()];
+
+    let by_buildctl = format!("{}/oracle/buildctl:1", registry.host());
+    let mut buildctl = daemon.buildctl();
+    buildctl.args(["build", "--frontend", "dockerfile.v0", "--progress", "plain"]);
+    buildctl.arg("--local").arg(format!("context={}", context.display()));
+    buildctl.arg("--local").arg(format!("dockerfile={}", kmm_dockerfile().parent().expect("dockerfiles dir").display()));
+    buildctl.args(["--opt", "filename=kmm-module.Dockerfile", "--opt", "force-network-mode=none"]);
+    for a in &args {
+        buildctl.args(["--opt", &format!("build-arg:{a}")]);
+    }
+    buildctl.args(["--output", &format!("type=image,name={by_buildctl},push=true")]);
+    let out = output(&mut buildctl);
+    assert!(out.status.success(), "buildctl build failed:\n{}", text(&out.stderr));
+
+    let by_kforge = format!("{}/oracle/kforge:1", registry.host());
+    let mut cmd = kforge_build(&buildkit, work.path());
+    cmd.arg("-f").arg(kmm_dockerfile()).arg("--context").arg(&context);
+    for a in &args {
+        cmd.arg("--build-arg").arg(a);
+    }
+    ok(cmd.args(["--to", &by_kforge]));
+
+    let config = |image: &str| -> serde_json::Value {
+        let raw = ok(Command::new("skopeo").args(["inspect", "--config", "--raw"]).args(registry.skopeo_flags()).arg(format!("docker://{image}")));
+        serde_json::from_str(&raw).unwrap_or_else(|e| panic!("the config of {image} is not JSON ({e}): {raw}"))
+    };
+    let without_times = |mut c: serde_json::Value| {
+        if let Some(o) = c.as_object_mut() {
+            o.remove("created");
+        }
+        for h in c["history"].as_array_mut().into_iter().flatten() {
+            if let Some(o) = h.as_object_mut() {
+                o.remove("created");
+            }
+        }
+        c
+    };
+    let (a, b) = (config(&by_buildctl), config(&by_kforge));
+    let diff_ids = |c: &serde_json::Value| c["rootfs"]["diff_ids"].as_array().cloned().unwrap_or_default();
+    assert!(diff_ids(&a).len() >= 3, "the runtime's layer, the module and depmod's files: {a}");
+    assert_eq!(diff_ids(&b), diff_ids(&a), "the same layers");
+    assert_eq!(without_times(b), without_times(a), "the same configuration apart from times");
+}
