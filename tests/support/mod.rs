@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod buildkitd;
+pub mod control_plane;
 pub mod dtk;
 pub mod oci;
 pub mod peers;
