@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use support::buildkitd::{BuildKit, Kind};
 use support::docker::Engine;
-use support::registry::{skopeo_copy, umoci_unpack, Registry};
+use support::registry::{Registry, skopeo_copy, umoci_unpack};
 use support::{dtk, fails, kernel_abi, modinfo, ok, output, text};
 
 /// The repository's KMM-style Dockerfile, built as a user would.
@@ -32,7 +32,14 @@ fn kforge_build(buildkit: &BuildKit, home: &Path) -> Command {
     cmd
 }
 
-on_every_buildkit!(builds_a_kmm_module_image, secrets_reach_run_mounts_and_no_layer, a_private_base_needs_the_session_credentials, build_errors_name_the_problem, cancelling_the_client_stops_the_build, the_deadline_stops_the_build);
+on_every_buildkit!(
+    builds_a_kmm_module_image,
+    secrets_reach_run_mounts_and_no_layer,
+    a_private_base_needs_the_session_credentials,
+    build_errors_name_the_problem,
+    cancelling_the_client_stops_the_build,
+    the_deadline_stops_the_build
+);
 
 /// Copies an image out of the registry into an OCI layout and unpacks it; returns the rootfs.
 fn unpack(registry: &Registry, reference: &str, dir: &Path) -> PathBuf {
@@ -73,7 +80,12 @@ fn pushed_digest(registry: &Registry, stdout: &str, repo: &str, tag: &str) -> St
     assert_eq!(name, format!("{}/{repo}", registry.host()));
     let (status, _) = registry.curl_get(&format!("/v2/{repo}/manifests/{digest}"));
     assert_eq!(status, 200, "{line} is not in the registry");
-    let inspect = support::ok(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}"]).args(registry.skopeo_flags()).arg(format!("docker://{}/{repo}:{tag}", registry.host())));
+    let inspect = support::ok(
+        Command::new("skopeo")
+            .args(["inspect", "--format", "{{.Digest}}"])
+            .args(registry.skopeo_flags())
+            .arg(format!("docker://{}/{repo}:{tag}", registry.host())),
+    );
     assert_eq!(inspect.trim(), digest, "the tag points at the printed digest");
     digest.to_string()
 }
@@ -145,8 +157,11 @@ fn secrets_reach_run_mounts_and_no_layer(kind: Kind) {
     std::fs::write(&secret, secret_value).expect("write secret");
     let dockerfile = home.path().join("Dockerfile");
     // The Dockerfile names the secret only by id; the step proves it saw the content by its hash.
-    std::fs::write(&dockerfile, format!("FROM {runtime}\nRUN --mount=type=secret,id=token,required=true sha256sum /run/secrets/token | cut -d' ' -f1 > /secret-sha256\n"))
-        .expect("write Dockerfile");
+    std::fs::write(
+        &dockerfile,
+        format!("FROM {runtime}\nRUN --mount=type=secret,id=token,required=true sha256sum /run/secrets/token | cut -d' ' -f1 > /secret-sha256\n"),
+    )
+    .expect("write Dockerfile");
     let target = format!("{}/secrets/test:1", registry.host());
     let mut cmd = kforge_build(&engine, home.path());
     cmd.arg("-f").arg(&dockerfile).arg("--secret").arg(format!("id=token,src={}", secret.display())).args(["--to", &target]);
@@ -256,7 +271,11 @@ fn build_errors_name_the_problem(kind: Kind) {
 fn endless_step(runtime: &str) -> (String, String) {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let seconds = format!("{}.{:06}{n}", 86_400 + std::process::id() % 10_000, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_micros()).unwrap_or(0));
+    let seconds = format!(
+        "{}.{:06}{n}",
+        86_400 + std::process::id() % 10_000,
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_micros()).unwrap_or(0)
+    );
     (format!("FROM {runtime}\nRUN echo started; exec sleep {seconds}\n"), format!("sleep {seconds}"))
 }
 
@@ -389,7 +408,7 @@ impl Drop for Service {
 
 #[test]
 fn the_builder_service_builds_and_shares_identical_requests() {
-    use kforge_proto::builder::v1::{build_event::Event as E, builder_client::BuilderClient, BuildArg, BuildRequest, ContextFile, ImageRequest, RegistryTls};
+    use kforge_proto::builder::v1::{BuildArg, BuildRequest, ContextFile, ImageRequest, RegistryTls, build_event::Event as E, builder_client::BuilderClient};
 
     let abi = kernel_abi();
     let engine = Engine::start();
@@ -421,7 +440,8 @@ fn the_builder_service_builds_and_shares_identical_requests() {
         let url = format!("http://{}", service.addr);
         let client = BuilderClient::connect(url).await.expect("connect to kforge serve");
 
-        let image_request = ImageRequest { image: target.clone(), registry_tls: Some(RegistryTls { insecure: true, ..Default::default() }), ..Default::default() };
+        let image_request =
+            ImageRequest { image: target.clone(), registry_tls: Some(RegistryTls { insecure: true, ..Default::default() }), ..Default::default() };
         let exists = client.clone().image_exists(image_request.clone()).await.expect("ImageExists").into_inner().exists;
         assert!(!exists, "nothing is there yet");
 

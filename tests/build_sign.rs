@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use support::buildkitd::{BuildKit, Kind};
 use support::docker::Engine;
-use support::registry::{skopeo_copy, umoci_unpack, Registry};
+use support::registry::{Registry, skopeo_copy, umoci_unpack};
 use support::{dtk, fails, kernel_abi, modinfo, ok, openssl_keys, output, text};
 
 fn repo_file(rel: &str) -> PathBuf {
@@ -42,7 +42,11 @@ impl TagWatch {
         let (s, v, t) = (stop.clone(), seen.clone(), tags_seen.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let list = Command::new("curl").args(["-sS", "--noproxy", "*", "-f"]).arg(format!("{registry_url}/v2/{repo}/tags/list")).stderr(Stdio::null()).output();
+                let list = Command::new("curl")
+                    .args(["-sS", "--noproxy", "*", "-f"])
+                    .arg(format!("{registry_url}/v2/{repo}/tags/list"))
+                    .stderr(Stdio::null())
+                    .output();
                 if let Some(o) = list.ok().filter(|o| o.status.success()) {
                     let body: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
                     let mut all = t.lock().expect("lock");
@@ -54,7 +58,14 @@ impl TagWatch {
                 }
                 for tag in &tags {
                     let out = Command::new("curl")
-                        .args(["-sS", "--noproxy", "*", "-f", "-H", "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"])
+                        .args([
+                            "-sS",
+                            "--noproxy",
+                            "*",
+                            "-f",
+                            "-H",
+                            "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+                        ])
                         .arg(format!("{registry_url}/v2/{repo}/manifests/{tag}"))
                         .stderr(Stdio::null())
                         .output();
@@ -181,7 +192,8 @@ fn builds_and_signs_for_two_kernels_and_never_tags_an_unsigned_image(kind: Kind)
         assert!(verified.contains("kforge_hello"), "{verified}");
         assert!(modinfo(&module, "vermagic").starts_with(&format!("{k} ")));
         assert!(!modinfo(&module, "sig_key").is_empty());
-        let config = ok(Command::new("skopeo").args(["inspect", "--config"]).args(registry.skopeo_flags()).arg(format!("docker://{}/{repo}@{digest}", registry.host())));
+        let config =
+            ok(Command::new("skopeo").args(["inspect", "--config"]).args(registry.skopeo_flags()).arg(format!("docker://{}/{repo}@{digest}", registry.host())));
         assert!(config.contains("io.kforge.inputs-hash"), "{config}");
     }
 
@@ -221,7 +233,9 @@ fn a_failing_build_is_retried_then_reported_and_tags_nothing(kind: Kind) {
     std::fs::write(&dockerfile, format!("FROM {runtime}\nARG KERNEL_FULL_VERSION\nRUN echo building for $KERNEL_FULL_VERSION; exit 3\n")).expect("write");
     let target = format!("{}/broken/mod:1", registry.host());
     let mut cmd = support::kforge();
-    cmd.arg("build-sign").args(buildkit.args()).args(["--kernel", "6.1.0-1-amd64", "--attempts", "2", "--to", &target])
+    cmd.arg("build-sign")
+        .args(buildkit.args())
+        .args(["--kernel", "6.1.0-1-amd64", "--attempts", "2", "--to", &target])
         .arg("-f")
         .arg(&dockerfile)
         .arg("--key")
@@ -258,7 +272,11 @@ fn dtk_resolve_tries_each_source_and_returns_digests() {
     // A config file with a regexp mapping.
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("dtk.toml");
-    std::fs::write(&config, format!("[dtk]\nopenshift = false\n[[dtk.mappings]]\nregexp = '^6\\.'\nimage = \"{}/dtk:${{KERNEL_FULL_VERSION}}\"\n", registry.host())).expect("write");
+    std::fs::write(
+        &config,
+        format!("[dtk]\nopenshift = false\n[[dtk.mappings]]\nregexp = '^6\\.'\nimage = \"{}/dtk:${{KERNEL_FULL_VERSION}}\"\n", registry.host()),
+    )
+    .expect("write");
     assert_eq!(ok(resolve(&[&abi]).arg("--dtk-config").arg(&config)).trim(), want);
     // Nothing applies: the kernel and every source tried are named.
     let e = fails(&mut resolve(&["6.1.0-999-amd64", "--dtk-template", &template]));
@@ -269,7 +287,7 @@ fn dtk_resolve_tries_each_source_and_returns_digests() {
 /// `[dtk]` configuration, one signed image at the tag.
 #[test]
 fn the_service_builds_and_signs_with_its_own_key_and_audits() {
-    use kforge_proto::builder::v1::{build_event::Event as E, builder_client::BuilderClient, BuildArg, BuildRequest, ContextFile, ResolveDtkRequest, SignSpec};
+    use kforge_proto::builder::v1::{BuildArg, BuildRequest, ContextFile, ResolveDtkRequest, SignSpec, build_event::Event as E, builder_client::BuilderClient};
     use std::io::BufRead;
 
     let abi = kernel_abi();
@@ -296,7 +314,15 @@ fn the_service_builds_and_signs_with_its_own_key_and_audits() {
         ),
     )
     .expect("write config");
-    let mut child = support::kforge().arg("serve").arg("--config").arg(&config).env("DOCKER_CONFIG", dir.path()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("serve");
+    let mut child = support::kforge()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("DOCKER_CONFIG", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
     let first = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines().next().and_then(Result::ok).unwrap_or_default();
     let addr = first.strip_prefix("kforge signer listening on ").unwrap_or_else(|| panic!("serve did not start: {first}")).to_string();
     struct Kill(std::process::Child);
@@ -369,7 +395,7 @@ fn the_service_builds_and_signs_with_its_own_key_and_audits() {
 /// tag stays put and re-signed when it moves.
 #[test]
 fn signs_an_unsigned_image_and_re_signs_when_its_tag_moves() {
-    use support::oci::{file, write_image, Image, Item};
+    use support::oci::{Image, Item, file, write_image};
     let m = support::modules();
     let registry = Registry::start_plain();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -410,7 +436,11 @@ fn signs_an_unsigned_image_and_re_signs_when_its_tag_moves() {
 
     // The unsigned tag moves (a module added): signed again.
     push_unsigned(
-        vec![vec![Item::Dir(base.clone()), file(&format!("{base}/kforge_hello.ko"), hello), file(&format!("{base}/kforge_params.ko"), std::fs::read(&m.params).expect("read"))]],
+        vec![vec![
+            Item::Dir(base.clone()),
+            file(&format!("{base}/kforge_hello.ko"), hello),
+            file(&format!("{base}/kforge_params.ko"), std::fs::read(&m.params).expect("read")),
+        ]],
         "two",
     );
     let moved = sign();

@@ -40,7 +40,9 @@ fn keygen_makes_a_kernel_style_signing_pair_that_sign_file_accepts() {
 
     let out = fails(kforge().args(["keygen", "--subject", "CN=x", "--bits", "2048", "--key-out"]).arg(&key).arg("--cert-out").arg(&cert));
     assert!(out.contains("already exists; pass --force"), "{out}");
-    let out = fails(kforge().args(["keygen", "--subject", "CN=x", "--bits", "1024", "--key-out"]).arg(dir.path().join("a")).arg("--cert-out").arg(dir.path().join("b")));
+    let out = fails(
+        kforge().args(["keygen", "--subject", "CN=x", "--bits", "1024", "--key-out"]).arg(dir.path().join("a")).arg("--cert-out").arg(dir.path().join("b")),
+    );
     assert!(out.contains("2048, 3072 or 4096"), "{out}");
 }
 

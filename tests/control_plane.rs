@@ -13,9 +13,7 @@ use std::process::{Child, Command, Stdio};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use support::control_plane::{ControlPlane, FakeNode, Options};
@@ -25,17 +23,12 @@ use support::{ok, output, text};
 
 /// A runtime for the kube client (the control plane itself is synchronous).
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
 }
 
 /// An object of type `T` from its JSON.
 fn object<T: serde::de::DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value.clone())
-        .unwrap_or_else(|e| panic!("not a valid object ({e}): {value}"))
+    serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("not a valid object ({e}): {value}"))
 }
 
 /// A privileged DaemonSet (as KMM's module loaders are) for the nodes labelled `key=value`.
@@ -62,18 +55,12 @@ fn running_and_ready(pod: &Pod) -> bool {
     let Some(status) = &pod.status else {
         return false;
     };
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
     let containers = status.container_statuses.as_deref().unwrap_or_default();
     status.phase.as_deref() == Some("Running")
         && ready
         && !containers.is_empty()
-        && containers
-            .iter()
-            .all(|c| c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        && containers.iter().all(|c| c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
 }
 
 /// Fake nodes with their own kernels, OS images and labels: Ready as created, a DaemonSet's single
@@ -81,25 +68,13 @@ fn running_and_ready(pod: &Pod) -> bool {
 /// with it in foreground and background deletion (garbage collector), a namespace's service account
 /// and token (serviceaccount controllers), the namespace deleted (namespace controller).
 #[test]
-#[cfg_attr(
-    kforge_no_control_plane,
-    ignore = "the control plane peers are not built: run tests/peers/build.sh"
-)]
+#[cfg_attr(kforge_no_control_plane, ignore = "the control plane peers are not built: run tests/peers/build.sh")]
 fn fake_nodes_run_daemonsets_and_the_controllers_clean_up() {
     let nodes = vec![
-        FakeNode::new(
-            "worker-debian",
-            "6.1.0-31-amd64",
-            "Debian GNU/Linux 12 (bookworm)",
-        )
-        .label("kforge.test/pool", "general"),
-        FakeNode::new("worker-gpu", "6.8.0-51-generic", "Ubuntu 24.04.1 LTS")
-            .label("kforge.test/pool", "gpu")
-            .label("kforge.test/accelerator", "present"),
+        FakeNode::new("worker-debian", "6.1.0-31-amd64", "Debian GNU/Linux 12 (bookworm)").label("kforge.test/pool", "general"),
+        FakeNode::new("worker-gpu", "6.8.0-51-generic", "Ubuntu 24.04.1 LTS").label("kforge.test/pool", "gpu").label("kforge.test/accelerator", "present"),
     ];
-    let cp = ControlPlane::start_with(Options {
-        nodes: nodes.clone(),
-    });
+    let cp = ControlPlane::start_with(Options { nodes: nodes.clone() });
     runtime().block_on(async {
         let client = cp.client().await;
         let pp = PostParams::default();
@@ -143,7 +118,8 @@ fn fake_nodes_run_daemonsets_and_the_controllers_clean_up() {
                 })
                 .await;
             assert_eq!(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some(node), "the pod of DaemonSet {name} runs on {node}");
-            let scheduled = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "PodScheduled" && c.status == "True"));
+            let scheduled =
+                pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "PodScheduled" && c.status == "True"));
             assert!(scheduled, "kube-scheduler bound the pod of DaemonSet {name}: {:?}", pod.status);
             let counts = cp
                 .eventually(&format!("the status of DaemonSet {name} counting its ready pod"), async || {
@@ -280,28 +256,11 @@ fn image_stream_resource() -> ApiResource {
 /// A small image of its own (a file naming it) pushed as `repo:tag`: (tag reference, digest reference).
 fn push_image(registry: &Registry, work: &Path, repo: &str, tag: &str) -> (String, String) {
     let layout = work.join(format!("{repo}-{tag}"));
-    write_image(
-        &layout,
-        "v",
-        &Image::oci(vec![vec![file(
-            "/etc/kforge-dtk",
-            format!("{repo}:{tag}\n").into_bytes(),
-        )]]),
-    );
+    write_image(&layout, "v", &Image::oci(vec![vec![file("/etc/kforge-dtk", format!("{repo}:{tag}\n").into_bytes())]]));
     let reference = format!("{}/{repo}:{tag}", registry.host());
-    skopeo_copy(
-        &format!("oci:{}:v", layout.display()),
-        &format!("docker://{reference}"),
-        &registry.skopeo_dest_flags(),
-    );
-    let digest = ok(Command::new("skopeo")
-        .args(["inspect", "--format", "{{.Digest}}"])
-        .args(registry.skopeo_flags())
-        .arg(format!("docker://{reference}")));
-    (
-        reference,
-        format!("{}/{repo}@{}", registry.host(), digest.trim()),
-    )
+    skopeo_copy(&format!("oci:{}:v", layout.display()), &format!("docker://{reference}"), &registry.skopeo_dest_flags());
+    let digest = ok(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}"]).args(registry.skopeo_flags()).arg(format!("docker://{reference}")));
+    (reference, format!("{}/{repo}@{}", registry.host(), digest.trim()))
 }
 
 /// `kforge serve`, killed on drop.
@@ -319,34 +278,19 @@ impl Drop for Serve {
 /// ConfigMap → its image's digest; a kernel nothing maps → an error naming it. The service's
 /// ResolveDtk answers as the CLI does.
 #[test]
-#[cfg_attr(
-    kforge_no_control_plane,
-    ignore = "the control plane peers are not built: run tests/peers/build.sh"
-)]
+#[cfg_attr(kforge_no_control_plane, ignore = "the control plane peers are not built: run tests/peers/build.sh")]
 fn dtk_auto_resolves_through_a_real_api_server() {
     let registry = Registry::start_plain();
     let work = tempfile::tempdir().expect("tempdir");
     let (_, dtk_418) = push_image(&registry, work.path(), "dtk", RHCOS_418);
     let (tagged_419, dtk_419) = push_image(&registry, work.path(), "dtk", RHCOS_419);
-    let (tagged_debian, dtk_debian) =
-        push_image(&registry, work.path(), "dtk-debian", KERNEL_DEBIAN);
-    assert!(
-        dtk_418 != dtk_419 && dtk_419 != dtk_debian,
-        "three distinct images: {dtk_418} {dtk_419} {dtk_debian}"
-    );
+    let (tagged_debian, dtk_debian) = push_image(&registry, work.path(), "dtk-debian", KERNEL_DEBIAN);
+    assert!(dtk_418 != dtk_419 && dtk_419 != dtk_debian, "three distinct images: {dtk_418} {dtk_419} {dtk_debian}");
 
     let cp = ControlPlane::start_with(Options {
         nodes: vec![
-            FakeNode::new(
-                "rhcos-418",
-                KERNEL_418,
-                &format!("Red Hat Enterprise Linux CoreOS {RHCOS_418} (Plow)"),
-            ),
-            FakeNode::new(
-                "rhcos-419",
-                KERNEL_419,
-                &format!("Red Hat Enterprise Linux CoreOS {RHCOS_419} (Plow)"),
-            ),
+            FakeNode::new("rhcos-418", KERNEL_418, &format!("Red Hat Enterprise Linux CoreOS {RHCOS_418} (Plow)")),
+            FakeNode::new("rhcos-419", KERNEL_419, &format!("Red Hat Enterprise Linux CoreOS {RHCOS_419} (Plow)")),
             FakeNode::new("debian", KERNEL_DEBIAN, "Debian GNU/Linux 12 (bookworm)"),
         ],
     });
@@ -358,10 +302,7 @@ fn dtk_auto_resolves_through_a_real_api_server() {
     std::fs::write(&config, dtk).expect("write dtk.toml");
     let resolve = |kernel: &str| {
         let mut cmd = support::kforge();
-        cmd.args(["dtk", "resolve", kernel, "--kube", "--dtk-config"])
-            .arg(&config)
-            .env("KUBECONFIG", cp.kubeconfig())
-            .stdin(Stdio::null());
+        cmd.args(["dtk", "resolve", kernel, "--kube", "--dtk-config"]).arg(&config).env("KUBECONFIG", cp.kubeconfig()).stdin(Stdio::null());
         output(&mut cmd)
     };
 
@@ -370,44 +311,20 @@ fn dtk_auto_resolves_through_a_real_api_server() {
     rt.block_on(async {
         let namespaces: Api<Namespace> = Api::all(client.clone());
         for ns in ["openshift", "kforge"] {
-            namespaces
-                .create(&pp, &object(json!({"metadata": {"name": ns}})))
-                .await
-                .unwrap_or_else(|e| panic!("create Namespace {ns}: {e}"));
+            namespaces.create(&pp, &object(json!({"metadata": {"name": ns}}))).await.unwrap_or_else(|e| panic!("create Namespace {ns}: {e}"));
         }
         let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kforge");
-        maps.create(
-            &pp,
-            &object(
-                json!({"metadata": {"name": "dtk-images"}, "data": {KERNEL_DEBIAN: tagged_debian}}),
-            ),
-        )
-        .await
-        .expect("create ConfigMap kforge/dtk-images");
+        maps.create(&pp, &object(json!({"metadata": {"name": "dtk-images"}, "data": {KERNEL_DEBIAN: tagged_debian}})))
+            .await
+            .expect("create ConfigMap kforge/dtk-images");
     });
     let vanilla = resolve(KERNEL_DEBIAN);
-    assert!(
-        vanilla.status.success(),
-        "without OpenShift's API the ConfigMap still answers for {KERNEL_DEBIAN}:\n{}",
-        text(&vanilla.stderr)
-    );
-    assert_eq!(
-        text(&vanilla.stdout).trim(),
-        dtk_debian,
-        "DTK_AUTO for {KERNEL_DEBIAN} without OpenShift's API"
-    );
+    assert!(vanilla.status.success(), "without OpenShift's API the ConfigMap still answers for {KERNEL_DEBIAN}:\n{}", text(&vanilla.stderr));
+    assert_eq!(text(&vanilla.stdout).trim(), dtk_debian, "DTK_AUTO for {KERNEL_DEBIAN} without OpenShift's API");
     let refused = resolve(KERNEL_418);
     let stderr = text(&refused.stderr);
-    assert!(
-        !refused.status.success(),
-        "no DTK for {KERNEL_418} without an ImageStream:\n{}",
-        text(&refused.stdout)
-    );
-    assert!(
-        stderr.contains(KERNEL_418)
-            && stderr.contains("ImageStream openshift/driver-toolkit: not found (not OpenShift)"),
-        "{stderr}"
-    );
+    assert!(!refused.status.success(), "no DTK for {KERNEL_418} without an ImageStream:\n{}", text(&refused.stdout));
+    assert!(stderr.contains(KERNEL_418) && stderr.contains("ImageStream openshift/driver-toolkit: not found (not OpenShift)"), "{stderr}");
 
     // Then OpenShift's ImageStream, as OpenShift has it after importing the release: the 418 tag
     // imported (its status names the digest), the 419 tag only declared in the spec.
@@ -455,69 +372,30 @@ fn dtk_auto_resolves_through_a_real_api_server() {
             KERNEL_418,
             &dtk_418,
             "imagestream",
-            format!(
-                "ImageStream openshift/driver-toolkit tag {RHCOS_418} (RHCOS of Node rhcos-418, which runs {KERNEL_418})"
-            ),
+            format!("ImageStream openshift/driver-toolkit tag {RHCOS_418} (RHCOS of Node rhcos-418, which runs {KERNEL_418})"),
             Some(" via "),
         ),
-        (
-            KERNEL_419,
-            &dtk_419,
-            "imagestream",
-            format!(
-                "tag {RHCOS_419} (RHCOS of Node rhcos-419, which runs {KERNEL_419}) via {tagged_419}"
-            ),
-            None,
-        ),
-        (
-            KERNEL_DEBIAN,
-            &dtk_debian,
-            "mapping",
-            format!("ConfigMap kforge/dtk-images key \"{KERNEL_DEBIAN}\" → {tagged_debian}"),
-            None,
-        ),
+        (KERNEL_419, &dtk_419, "imagestream", format!("tag {RHCOS_419} (RHCOS of Node rhcos-419, which runs {KERNEL_419}) via {tagged_419}"), None),
+        (KERNEL_DEBIAN, &dtk_debian, "mapping", format!("ConfigMap kforge/dtk-images key \"{KERNEL_DEBIAN}\" → {tagged_debian}"), None),
     ];
     for (kernel, image, source, detail, not) in &cases {
         let out = resolve(kernel);
         let stderr = text(&out.stderr);
-        assert!(
-            out.status.success(),
-            "kforge dtk resolve {kernel} --kube failed ({}):\n{stderr}\n{}",
-            out.status,
-            cp.log_tails()
-        );
-        assert_eq!(
-            text(&out.stdout).trim(),
-            image.as_str(),
-            "DTK_AUTO for {kernel}:\n{stderr}"
-        );
+        assert!(out.status.success(), "kforge dtk resolve {kernel} --kube failed ({}):\n{stderr}\n{}", out.status, cp.log_tails());
+        assert_eq!(text(&out.stdout).trim(), image.as_str(), "DTK_AUTO for {kernel}:\n{stderr}");
         let line = stderr
             .lines()
             .find(|l| l.starts_with(&format!("{source} (")))
             .unwrap_or_else(|| panic!("kforge names the source {source} for {kernel}:\n{stderr}"));
-        assert!(
-            line.contains(detail.as_str()),
-            "the detail for {kernel} says {detail:?}: {line}"
-        );
+        assert!(line.contains(detail.as_str()), "the detail for {kernel} says {detail:?}: {line}");
         if let Some(not) = not {
-            assert!(
-                !line.contains(not),
-                "the digest for {kernel} came from the ImageStream's status, without a registry look-up: {line}"
-            );
+            assert!(!line.contains(not), "the digest for {kernel} came from the ImageStream's status, without a registry look-up: {line}");
         }
     }
     let refused = resolve(KERNEL_UNKNOWN);
     let stderr = text(&refused.stderr);
-    assert!(
-        !refused.status.success(),
-        "kforge dtk resolve {KERNEL_UNKNOWN} should fail:\n{}",
-        text(&refused.stdout)
-    );
-    for want in [
-        KERNEL_UNKNOWN,
-        &format!("no Node runs kernel {KERNEL_UNKNOWN}"),
-        "ConfigMap kforge/dtk-images",
-    ] {
+    assert!(!refused.status.success(), "kforge dtk resolve {KERNEL_UNKNOWN} should fail:\n{}", text(&refused.stdout));
+    for want in [KERNEL_UNKNOWN, &format!("no Node runs kernel {KERNEL_UNKNOWN}"), "ConfigMap kforge/dtk-images"] {
         assert!(stderr.contains(want), "the error says {want:?}:\n{stderr}");
     }
 
@@ -544,55 +422,22 @@ fn dtk_auto_resolves_through_a_real_api_server() {
         .stderr(std::fs::File::create(&serve_log).expect("create serve.log"))
         .spawn()
         .expect("start kforge serve");
-    let first = std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .lines()
-        .next()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    let first = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines().next().and_then(Result::ok).unwrap_or_default();
     let _serve = Serve(child);
     let addr = first
         .strip_prefix("kforge signer listening on ")
-        .unwrap_or_else(|| {
-            panic!(
-                "kforge serve did not start: {first:?}\n{}",
-                support::peers::tail(&serve_log, 30)
-            )
-        })
+        .unwrap_or_else(|| panic!("kforge serve did not start: {first:?}\n{}", support::peers::tail(&serve_log, 30)))
         .to_string();
     rt.block_on(async {
         use kforge_proto::builder::v1::{ResolveDtkRequest, builder_client::BuilderClient};
-        let mut client = BuilderClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect to kforge serve");
+        let mut client = BuilderClient::connect(format!("http://{addr}")).await.expect("connect to kforge serve");
         for (kernel, image, source, _, _) in &cases {
-            let answer = client
-                .resolve_dtk(ResolveDtkRequest {
-                    kernel: kernel.to_string(),
-                })
-                .await
-                .unwrap_or_else(|e| panic!("ResolveDtk {kernel}: {e}"))
-                .into_inner();
-            assert_eq!(
-                (answer.image.as_str(), answer.source.as_str()),
-                (image.as_str(), *source),
-                "ResolveDtk {kernel} answers as the CLI"
-            );
+            let answer =
+                client.resolve_dtk(ResolveDtkRequest { kernel: kernel.to_string() }).await.unwrap_or_else(|e| panic!("ResolveDtk {kernel}: {e}")).into_inner();
+            assert_eq!((answer.image.as_str(), answer.source.as_str()), (image.as_str(), *source), "ResolveDtk {kernel} answers as the CLI");
         }
-        let refused = client
-            .resolve_dtk(ResolveDtkRequest {
-                kernel: KERNEL_UNKNOWN.into(),
-            })
-            .await
-            .expect_err("no DTK for an unknown kernel");
-        assert_eq!(
-            refused.code(),
-            tonic::Code::FailedPrecondition,
-            "{refused:?}"
-        );
-        assert!(
-            refused.message().contains(KERNEL_UNKNOWN),
-            "the error names the kernel: {}",
-            refused.message()
-        );
+        let refused = client.resolve_dtk(ResolveDtkRequest { kernel: KERNEL_UNKNOWN.into() }).await.expect_err("no DTK for an unknown kernel");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains(KERNEL_UNKNOWN), "the error names the kernel: {}", refused.message());
     });
 }

@@ -27,6 +27,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Style first: the code is formatted as rustfmt.toml says and clippy (the toolchain pinned in
+# rust-toolchain.toml) has nothing to say.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 # Under CI a peer that cannot be built fails the run; elsewhere the tests that need it are ignored
 # (cargo test lists them with the reason).
 if ! tests/peers/build.sh; then

@@ -240,7 +240,14 @@ fn a_64_mb_module_streams_through_with_bounded_server_memory() {
 async fn sign(client: &mut SignerClient<tonic::transport::Channel>, id: String, key: &str, module: Vec<u8>) -> Result<Vec<u8>, pb::ModuleError> {
     use pb::sign_modules_request::Part;
     let msg = |p| pb::SignModulesRequest { part: Some(p) };
-    let mut parts = vec![msg(Part::Start(pb::ModuleStart { id: id.clone(), key: key.into(), hash: String::new(), key_id: false, size: module.len() as u64, detached: false }))];
+    let mut parts = vec![msg(Part::Start(pb::ModuleStart {
+        id: id.clone(),
+        key: key.into(),
+        hash: String::new(),
+        key_id: false,
+        size: module.len() as u64,
+        detached: false,
+    }))];
     parts.extend(module.chunks(256 << 10).map(|c| msg(Part::Data(c.to_vec().into()))));
     parts.push(msg(Part::End(pb::ModuleEnd { id })));
     let mut stream = client.sign_modules(tokio_stream::iter(parts)).await.expect("stream").into_inner();
@@ -312,12 +319,19 @@ async fn per_module_errors_do_not_end_the_stream_and_verify_checks_cryptographic
 
     use pb::sign_modules_request::Part;
     let msg = |p| pb::SignModulesRequest { part: Some(p) };
-    let start = |id: &str, size: usize| msg(Part::Start(pb::ModuleStart { id: id.into(), key: "dev".into(), hash: String::new(), key_id: false, size: size as u64, detached: false }));
+    let start = |id: &str, size: usize| {
+        msg(Part::Start(pb::ModuleStart { id: id.into(), key: "dev".into(), hash: String::new(), key_id: false, size: size as u64, detached: false }))
+    };
     let end = |id: &str| msg(Part::End(pb::ModuleEnd { id: id.into() }));
     let parts = vec![
-        start("junk", 4), msg(Part::Data(b"junk".to_vec().into())), end("junk"),
-        start("huge", 2 << 20), end("huge"),
-        start("good", hello.len()), msg(Part::Data(hello.clone().into())), end("good"),
+        start("junk", 4),
+        msg(Part::Data(b"junk".to_vec().into())),
+        end("junk"),
+        start("huge", 2 << 20),
+        end("huge"),
+        start("good", hello.len()),
+        msg(Part::Data(hello.clone().into())),
+        end("good"),
     ];
     let mut stream = client.sign_modules(tokio_stream::iter(parts)).await.expect("stream").into_inner();
     let (mut errors, mut signed) = (Vec::new(), Vec::new());
@@ -336,12 +350,19 @@ async fn per_module_errors_do_not_end_the_stream_and_verify_checks_cryptographic
     assert_eq!((signed[0].id.as_str(), signed[0].module_name.as_str()), ("good", "kforge_hello"));
 
     let good = sign(&mut client, "again".into(), "dev", hello.clone()).await.expect("signed");
-    let v = client.verify(pb::VerifyRequest { module: good.clone().into(), against: Some(pb::verify_request::Against::Key("dev".into())) }).await.expect("verify").into_inner();
+    let v = client
+        .verify(pb::VerifyRequest { module: good.clone().into(), against: Some(pb::verify_request::Against::Key("dev".into())) })
+        .await
+        .expect("verify")
+        .into_inner();
     assert_eq!(v.module_name, "kforge_hello");
     assert_eq!(v.hash, "sha256");
     let mut tampered = good;
     tampered[200] ^= 1;
-    let e = client.verify(pb::VerifyRequest { module: tampered.into(), against: Some(pb::verify_request::Against::Key("dev".into())) }).await.expect_err("tampered");
+    let e = client
+        .verify(pb::VerifyRequest { module: tampered.into(), against: Some(pb::verify_request::Against::Key("dev".into())) })
+        .await
+        .expect_err("tampered");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("signature does not verify"), "{}", e.message());
     let keys = client.list_keys(pb::ListKeysRequest {}).await.expect("keys").into_inner().keys;
@@ -377,7 +398,13 @@ fn a_server_killed_mid_batch_leaves_a_whole_audit_log_and_the_client_names_what_
     let expected = sign_file(dir.path(), &m.hello, "sha256", &keys.key, &keys.cert_der, false);
 
     let mut server = Server::start(&["--config", config.to_str().expect("utf8")]);
-    let client = kforge().args(["sign", "-j", "2", "--remote", &format!("http://{}", server.addr)]).arg(&tree).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("client");
+    let client = kforge()
+        .args(["sign", "-j", "2", "--remote", &format!("http://{}", server.addr)])
+        .arg(&tree)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("client");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while signed_lines(&audit_path) < 50 {
         assert!(std::time::Instant::now() < deadline, "the batch never got going");
@@ -413,7 +440,7 @@ fn a_server_killed_mid_batch_leaves_a_whole_audit_log_and_the_client_names_what_
 
 #[test]
 fn sign_image_on_the_service_pushes_a_signed_image_and_audits_every_file() {
-    use support::oci::{self as o, file, Image, Item};
+    use support::oci::{self as o, Image, Item, file};
     use support::registry::{self, Registry};
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
@@ -424,14 +451,24 @@ fn sign_image_on_the_service_pushes_a_signed_image_and_audits_every_file() {
     let params = std::fs::read(&m.params).expect("read");
     let base = format!("/opt/lib/modules/{}", m.abi);
     let layout = dir.path().join("src");
-    o::write_image(&layout, "v1", &Image::oci(vec![
-        vec![Item::Dir(base.clone()), file(&format!("{base}/a.ko"), hello.clone())],
-        vec![file(&format!("{base}/b.ko"), params.clone())],
-    ]));
+    o::write_image(
+        &layout,
+        "v1",
+        &Image::oci(vec![vec![Item::Dir(base.clone()), file(&format!("{base}/a.ko"), hello.clone())], vec![file(&format!("{base}/b.ko"), params.clone())]]),
+    );
     registry::skopeo_copy(&format!("oci:{}:v1", layout.display()), &format!("docker://{}/mods/src:v1", reg.host()), &reg.skopeo_dest_flags());
 
     let to = format!("{}/mods/signed:v1", reg.host());
-    let out = output(kforge().args(["sign-image", "--remote", &format!("http://{}", server.addr), "--from", &format!("{}/mods/src:v1", reg.host()), "--to", &to, "--insecure"]));
+    let out = output(kforge().args([
+        "sign-image",
+        "--remote",
+        &format!("http://{}", server.addr),
+        "--from",
+        &format!("{}/mods/src:v1", reg.host()),
+        "--to",
+        &to,
+        "--insecure",
+    ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("signed 2 files"), "{}", text(&out.stderr));
     let raw = registry::skopeo_raw_manifest(&format!("docker://{to}"), &reg.skopeo_flags());

@@ -158,7 +158,14 @@ fn compressed_modules_round_trip_through_the_real_tools() {
         assert!(out.stdout == expected, "{ext}: decompressed module differs from sign-file's signed module");
         let out = ok(kforge().arg("verify").arg("--cert").arg(&keys.cert_pem).arg(&packed));
         assert!(out.contains("1 verified"), "{out}");
-        assert!(ok(kforge().arg("inspect").arg(&packed)).contains(&format!("compression:  {}", match ext { "zst" => "zstd", "gz" => "gzip", e => e })));
+        assert!(ok(kforge().arg("inspect").arg(&packed)).contains(&format!(
+            "compression:  {}",
+            match ext {
+                "zst" => "zstd",
+                "gz" => "gzip",
+                e => e,
+            }
+        )));
         // Re-signing a compressed module is idempotent too.
         let first = std::fs::read(&packed).expect("read");
         ok(kforge().args(["sign", "--key"]).arg(&keys.key).arg("--cert").arg(&keys.cert_der).arg(&packed));

@@ -7,7 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::oci::{self, file, Image, Item};
+use support::oci::{self, Image, Item, file};
 use support::registry::{self, Registry};
 use support::*;
 
@@ -37,7 +37,12 @@ impl Fx {
 
     fn sign_image(&self, from: &str, to: &str) -> Command {
         let mut c = kforge();
-        c.env("KFORGE_PROGRESS", "1").args(["sign-image", "--key"]).arg(&self.keys.key).arg("--cert").arg(&self.keys.cert_der).args(["--from", from, "--to", to]);
+        c.env("KFORGE_PROGRESS", "1")
+            .args(["sign-image", "--key"])
+            .arg(&self.keys.key)
+            .arg("--cert")
+            .arg(&self.keys.cert_der)
+            .args(["--from", from, "--to", to]);
         c
     }
 
@@ -275,11 +280,15 @@ fn an_image_made_by_umoci_with_a_whiteout_is_signed() {
 fn files_to_sign_paths_and_patterns_follow_links_inside_the_image() {
     let fx = fx();
     let src = fx.p("src");
-    oci::write_image(&src, "v1", &Image::oci(vec![vec![
-        file("/usr/lib/drivers/acme.ko", fx.params.clone()),
-        file("/usr/lib/drivers/other.ko", fx.hello.clone()),
-        Item::Symlink { path: "/opt/drivers".into(), target: "/usr/lib/drivers".into() },
-    ]]));
+    oci::write_image(
+        &src,
+        "v1",
+        &Image::oci(vec![vec![
+            file("/usr/lib/drivers/acme.ko", fx.params.clone()),
+            file("/usr/lib/drivers/other.ko", fx.hello.clone()),
+            Item::Symlink { path: "/opt/drivers".into(), target: "/usr/lib/drivers".into() },
+        ]]),
+    );
     let dst = fx.p("dst");
     ok(fx.sign_image(&format!("oci:{}:v1", src.display()), &format!("oci:{}:v1", dst.display())).args(["--files", "/opt/drivers/acme.ko"]));
     assert_eq!(new_layer_names(&dst, &oci::manifest(&dst, "v1")), ["usr/lib/drivers/acme.ko"], "written at the link's target");
@@ -314,19 +323,33 @@ fn bad_images_and_requests_fail_clearly_and_push_nothing() {
     refused(&mut fx.sign_image(&from("dotdot"), &to), "unsafe entry");
     oci::write_image(&src, "hardlink", &Image::oci(vec![vec![Item::Hardlink { path: fx.mods("x.ko"), target: "../../../etc/shadow".into() }]]));
     refused(&mut fx.sign_image(&from("hardlink"), &to), "unsafe hard link");
-    oci::write_image(&src, "escape", &Image::oci(vec![vec![
-        file("/opt/real.ko", fx.hello.clone()),
-        Item::Symlink { path: "/opt/lib/modules".into(), target: "../../../../../host".into() },
-    ]]));
+    oci::write_image(
+        &src,
+        "escape",
+        &Image::oci(vec![vec![
+            file("/opt/real.ko", fx.hello.clone()),
+            Item::Symlink { path: "/opt/lib/modules".into(), target: "../../../../../host".into() },
+        ]]),
+    );
     refused(fx.sign_image(&from("escape"), &to).args(["--files", "/opt/lib/modules/x.ko"]), "points outside the image root");
 
-    oci::write_raw(&src, "schema1", "application/vnd.docker.distribution.manifest.v1+prettyjws", br#"{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws"}"#);
+    oci::write_raw(
+        &src,
+        "schema1",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        br#"{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws"}"#,
+    );
     refused(&mut fx.sign_image(&from("schema1"), &to), "unsupported manifest media type");
 
     let encrypted = fx.p("enc.pem");
     ok(Command::new("openssl").args(["pkey", "-aes256", "-passout", "pass:right", "-in"]).arg(&fx.keys.key).arg("-out").arg(&encrypted));
     let mut cmd = kforge();
-    cmd.env("KBUILD_SIGN_PIN", "wrong").args(["sign-image", "--key"]).arg(&encrypted).arg("--cert").arg(&fx.keys.cert_der).args(["--from", &from("v1"), "--to", &to]);
+    cmd.env("KBUILD_SIGN_PIN", "wrong").args(["sign-image", "--key"]).arg(&encrypted).arg("--cert").arg(&fx.keys.cert_der).args([
+        "--from",
+        &from("v1"),
+        "--to",
+        &to,
+    ]);
     refused(&mut cmd, "wrong passphrase");
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();

@@ -122,10 +122,8 @@ pub(crate) async fn push(socket: &Path, repository: &str, tag: &str, auth: &str,
         }
     }
     if !status.is_success() {
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
-            .unwrap_or(text);
+        let message =
+            serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string)).unwrap_or(text);
         return Err(fail(format!("{status}: {}", message.trim())));
     }
     digest.ok_or_else(|| fail("the engine reported no digest".into()))

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use http_body_util::BodyExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -112,7 +112,8 @@ fn convert(archive: impl Read, dir: &Path, name: &str, tag: &str) -> Result<Path
             json_members.insert(path, data);
         }
     }
-    let manifest: Value = serde_json::from_slice(json_members.get("manifest.json").ok_or_else(|| bad("no manifest.json".into()))?).map_err(|e| bad(e.to_string()))?;
+    let manifest: Value =
+        serde_json::from_slice(json_members.get("manifest.json").ok_or_else(|| bad("no manifest.json".into()))?).map_err(|e| bad(e.to_string()))?;
     let image = manifest.as_array().and_then(|a| a.first()).ok_or_else(|| bad("manifest.json lists no image".into()))?;
     let config_path = image.get("Config").and_then(Value::as_str).ok_or_else(|| bad("no Config".into()))?;
     let config = json_members.get(config_path).ok_or_else(|| bad(format!("{config_path} missing")))?;

@@ -19,13 +19,13 @@ mod session;
 mod shared;
 mod solve;
 
-pub use endpoint::{Daemon, Endpoint, TlsFiles, DEFAULT_DOCKER_SOCKET};
+pub use endpoint::{DEFAULT_DOCKER_SOCKET, Daemon, Endpoint, TlsFiles};
 pub use error::{BuildFailure, Error, FailureKind, Result};
 pub use events::{Event, PlainPrinter, Step};
 pub use llb::InputFile;
-pub use pipeline::{build_and_sign, BuildSign, SignStep, INPUTS_LABEL};
+pub use pipeline::{BuildSign, INPUTS_LABEL, SignStep, build_and_sign};
 pub use shared::{BuildHandle, Builder, BuilderOptions};
-pub use solve::{build, BuildOutput, BuildSpec};
+pub use solve::{BuildOutput, BuildSpec, build};
 
 /// A process-unique, hard-to-guess identifier with a prefix (session ids, build references).
 pub(crate) fn unique_id(prefix: &str) -> String {

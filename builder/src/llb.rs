@@ -66,13 +66,7 @@ pub fn files_definition(files: &[InputFile]) -> pb::Definition {
     };
     // BTreeSet order puts a parent before its children.
     for dir in &dirs {
-        push(pb::file_action::Action::Mkdir(pb::FileActionMkDir {
-            path: format!("/{dir}"),
-            mode: 0o755,
-            make_parents: true,
-            owner: None,
-            timestamp: 0,
-        }));
+        push(pb::file_action::Action::Mkdir(pb::FileActionMkDir { path: format!("/{dir}"), mode: 0o755, make_parents: true, owner: None, timestamp: 0 }));
     }
     for f in files {
         push(pb::file_action::Action::Mkfile(pb::FileActionMkFile {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kforge_image::{ImageRef, RegistryOptions, SignImage, Selection};
+use kforge_image::{ImageRef, RegistryOptions, Selection, SignImage};
 use kforge_signer::Signer;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedSender;
@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::endpoint::{Daemon, Endpoint};
 use crate::error::{Error, FailureKind, Result};
 use crate::events::Event;
-use crate::solve::{solve, BuildOutput, BuildSpec, Output, Target};
+use crate::solve::{BuildOutput, BuildSpec, Output, Target, solve};
 
 /// The config label holding the hash of a build's inputs.
 pub const INPUTS_LABEL: &str = "io.kforge.inputs-hash";

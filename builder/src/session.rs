@@ -6,16 +6,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kforge_image::DockerConfig;
+use kforge_image::RegistryAuth;
 use kforge_proto::buildkit::moby::buildkit::secrets::v1::secrets_server::{Secrets, SecretsServer};
 use kforge_proto::buildkit::moby::buildkit::secrets::v1::{GetSecretRequest, GetSecretResponse};
 use kforge_proto::buildkit::moby::filesync::v1::auth_server::{Auth, AuthServer};
 use kforge_proto::buildkit::moby::filesync::v1::{CredentialsRequest, CredentialsResponse};
-use kforge_image::RegistryAuth;
 use tonic::{Request, Response, Status};
 
 /// The gRPC methods a session serves, announced to BuildKit when it opens.
-pub(crate) const METHODS: [&str; 3] =
-    ["/grpc.health.v1.Health/Check", "/moby.filesync.v1.Auth/Credentials", "/moby.buildkit.secrets.v1.Secrets/GetSecret"];
+pub(crate) const METHODS: [&str; 3] = ["/grpc.health.v1.Health/Check", "/moby.filesync.v1.Auth/Credentials", "/moby.buildkit.secrets.v1.Secrets/GetSecret"];
 
 /// What the session hands out.
 #[derive(Clone, Default)]
@@ -110,10 +109,7 @@ mod tests {
     #[tokio::test]
     async fn serves_secrets_and_credentials() {
         let creds = DockerConfig::parse(br#"{"auths":{"reg.example:5000":{"username":"u","password":"p"}}}"#, "cfg".as_ref()).expect("config");
-        let data = SessionData {
-            secrets: Arc::new([("token".to_string(), b"s3cr3t".to_vec())].into_iter().collect()),
-            credentials: Arc::new(creds),
-        };
+        let data = SessionData { secrets: Arc::new([("token".to_string(), b"s3cr3t".to_vec())].into_iter().collect()), credentials: Arc::new(creds) };
         let ch = session(data).await;
         let got = SecretsClient::new(ch.clone()).get_secret(GetSecretRequest { id: "token".into(), ..Default::default() }).await.expect("secret");
         assert_eq!(got.into_inner().data, b"s3cr3t");

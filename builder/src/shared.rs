@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use kforge_image::{RegistryOptions, RegistryTls};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::watch;
 
 use crate::endpoint::Daemon;
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::solve::{build, BuildOutput, BuildSpec, Target};
+use crate::solve::{BuildOutput, BuildSpec, Target, build};
 
 /// How the builder behaves.
 #[derive(Debug, Clone)]

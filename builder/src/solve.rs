@@ -11,7 +11,7 @@ use kforge_proto::buildkit::moby::buildkit::v1::{Exporter, SolveRequest, StatusR
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::endpoint::{chain, Daemon};
+use crate::endpoint::{Daemon, chain};
 use crate::error::{BuildFailure, Error, FailureKind, Result};
 use crate::events::{Event, Step};
 use crate::llb::{self, InputFile};
@@ -227,9 +227,7 @@ pub(crate) async fn solve(daemon: &Daemon, spec: &BuildSpec, output: &Output, ev
         context.push(InputFile { path, ..f.clone() });
     }
 
-    let session = daemon
-        .open_session(SessionData { secrets: Arc::new(spec.secrets.clone()), credentials: spec.credentials.clone() })
-        .await?;
+    let session = daemon.open_session(SessionData { secrets: Arc::new(spec.secrets.clone()), credentials: spec.credentials.clone() }).await?;
     let reference = crate::unique_id("kforge-build");
 
     let mut frontend_attrs: HashMap<String, String> = spec.build_args.iter().map(|(k, v)| (format!("build-arg:{k}"), v.clone())).collect();
@@ -253,11 +251,7 @@ pub(crate) async fn solve(daemon: &Daemon, spec: &BuildSpec, output: &Output, ev
         Output::Push => ("image", HashMap::from([("name".to_string(), target.tagged()), ("push".to_string(), "true".to_string())])),
         Output::PushByDigest => (
             "image",
-            HashMap::from([
-                ("name".to_string(), target.name()),
-                ("push".to_string(), "true".to_string()),
-                ("push-by-digest".to_string(), "true".to_string()),
-            ]),
+            HashMap::from([("name".to_string(), target.name()), ("push".to_string(), "true".to_string()), ("push-by-digest".to_string(), "true".to_string())]),
         ),
     };
     if spec.insecure_registry && !daemon.endpoint().is_docker() {
@@ -382,7 +376,8 @@ fn base_image_failure(image: &str, message: &str) -> FailureKind {
     let lower = message.to_ascii_lowercase();
     let image = image.trim().to_string();
     let first = image.split('/').next().unwrap_or("");
-    let registry = if image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost") { first.to_string() } else { "docker.io".to_string() };
+    let registry =
+        if image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost") { first.to_string() } else { "docker.io".to_string() };
     let auth = ["401", "403", "unauthorized", "authorization", "authentication", "denied", "no basic auth"].iter().any(|m| lower.contains(m));
     FailureKind::BaseImage { image, registry, auth }
 }
@@ -419,11 +414,16 @@ mod tests {
 
     #[test]
     fn classifies_buildkit_messages() {
-        assert_eq!(classify("failed to solve with frontend dockerfile.v0: failed to create LLB definition: dockerfile parse error line 3: unknown instruction: FORM"), FailureKind::Dockerfile);
+        assert_eq!(
+            classify("failed to solve with frontend dockerfile.v0: failed to create LLB definition: dockerfile parse error line 3: unknown instruction: FORM"),
+            FailureKind::Dockerfile
+        );
         assert_eq!(classify("executor failed running [/bin/sh -c make]: exit code: 2"), FailureKind::Run);
         assert_eq!(classify("process \"/bin/sh -c make\" did not complete successfully: exit code: 2"), FailureKind::Run);
         assert_eq!(
-            classify("failed to solve with frontend dockerfile.v0: failed to create LLB definition: failed to resolve source metadata for 127.0.0.1:5000/dtk:6.1: unexpected status code [manifests 6.1]: 401 Unauthorized"),
+            classify(
+                "failed to solve with frontend dockerfile.v0: failed to create LLB definition: failed to resolve source metadata for 127.0.0.1:5000/dtk:6.1: unexpected status code [manifests 6.1]: 401 Unauthorized"
+            ),
             FailureKind::BaseImage { image: "127.0.0.1:5000/dtk:6.1".into(), registry: "127.0.0.1:5000".into(), auth: true }
         );
         assert_eq!(

@@ -13,25 +13,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use hyper_util::rt::TokioIo;
-use kforge_builder::{build, BuildHandle, BuildOutput, BuildSpec, Builder, BuilderOptions, Daemon, Endpoint, Error, Event, FailureKind, InputFile};
+use kforge_builder::{BuildHandle, BuildOutput, BuildSpec, Builder, BuilderOptions, Daemon, Endpoint, Error, Event, FailureKind, InputFile, build};
 use kforge_image::DockerConfig;
-use kforge_proto::buildkit::moby::buildkit::secrets::v1::secrets_client::SecretsClient;
 use kforge_proto::buildkit::moby::buildkit::secrets::v1::GetSecretRequest;
+use kforge_proto::buildkit::moby::buildkit::secrets::v1::secrets_client::SecretsClient;
 use kforge_proto::buildkit::moby::buildkit::v1::control_server::{Control, ControlServer};
 use kforge_proto::buildkit::moby::buildkit::v1::{
-    BytesMessage, DiskUsageRequest, DiskUsageResponse, InfoRequest, InfoResponse, ListWorkersRequest, ListWorkersResponse, PruneRequest,
-    SolveRequest, SolveResponse, StatusRequest, StatusResponse, UsageRecord, Vertex, VertexLog,
+    BytesMessage, DiskUsageRequest, DiskUsageResponse, InfoRequest, InfoResponse, ListWorkersRequest, ListWorkersResponse, PruneRequest, SolveRequest,
+    SolveResponse, StatusRequest, StatusResponse, UsageRecord, Vertex, VertexLog,
 };
-use kforge_proto::buildkit::moby::filesync::v1::auth_client::AuthClient;
 use kforge_proto::buildkit::moby::filesync::v1::CredentialsRequest;
+use kforge_proto::buildkit::moby::filesync::v1::auth_client::AuthClient;
 use kforge_proto::buildkit::pb;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::Notify;
+use tokio::sync::mpsc::unbounded_channel;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -179,9 +179,8 @@ impl Double {
         let no_session = || Status::unknown(format!("no active session for {}: context deadline exceeded", req.session));
         let tunnel = eventually(SESSION_WAIT, || lock(&self.seen).tunnels.get(&req.session).cloned()).await.ok_or_else(no_session)?;
 
-        let health = tonic_health::pb::health_client::HealthClient::new(tunnel.clone())
-            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
-            .await?;
+        let health =
+            tonic_health::pb::health_client::HealthClient::new(tunnel.clone()).check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?;
         lock(&self.seen).health.push(health.into_inner().status);
         for id in &self.script.secrets {
             let got = SecretsClient::new(tunnel.clone()).get_secret(GetSecretRequest { id: id.clone(), ..Default::default() }).await;
@@ -343,10 +342,8 @@ impl Buildkitd {
         let double = Double { script, seen: seen.clone() };
         runtime.spawn(async move {
             let listener = tokio::net::UnixListener::from_std(listener).expect("tokio listener");
-            let served = tonic::transport::Server::builder()
-                .add_service(ControlServer::new(double))
-                .serve_with_incoming(UnixListenerStream::new(listener))
-                .await;
+            let served =
+                tonic::transport::Server::builder().add_service(ControlServer::new(double)).serve_with_incoming(UnixListenerStream::new(listener)).await;
             if let Err(e) = served {
                 eprintln!("double: server failed: {e}");
             }
@@ -569,7 +566,10 @@ async fn a_failed_run_names_the_step_and_keeps_its_last_lines() {
                 ..Default::default()
             },
             StatusResponse { logs: vec![log(RUN_STEP, &chunk(0..7)), log(RUN_STEP, &chunk(7..20))], ..Default::default() },
-            StatusResponse { vertexes: vec![Vertex { started: at(1), completed: at(2), error: FAILED.into(), ..vertex(RUN_STEP, "[2/3] RUN make") }], ..Default::default() },
+            StatusResponse {
+                vertexes: vec![Vertex { started: at(1), completed: at(2), error: FAILED.into(), ..vertex(RUN_STEP, "[2/3] RUN make") }],
+                ..Default::default()
+            },
         ],
         answer: Answer::Fail(Status::unknown(FAILED)),
         ..Default::default()
@@ -658,7 +658,10 @@ async fn identical_concurrent_builds_share_one_solve() {
     for events in [&a_events, &b_events] {
         assert!(has_step(events, "[2/2] RUN make", true), "{events:?}");
     }
-    let counts = { let seen = double.seen(); (seen.solves.len(), seen.sessions.len()) };
+    let counts = {
+        let seen = double.seen();
+        (seen.solves.len(), seen.sessions.len())
+    };
     assert_eq!(counts, (1, 1), "one solve, one session");
 
     // A finished build is not joined: the same request builds again.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use kforge_proto::signer::v1 as pb;
 use kforge_proto::signer::v1::signer_client::SignerClient;
 use tonic::metadata::MetadataValue;
@@ -90,7 +90,10 @@ pub async fn pick_key(client: &mut Client, named: Option<&str>) -> anyhow::Resul
     match keys.as_slice() {
         [one] => Ok(one.name.clone()),
         [] => bail!("the signing service offers no key to you"),
-        many => bail!("the signing service offers several keys ({}); choose one with --key-name", many.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ")),
+        many => bail!(
+            "the signing service offers several keys ({}); choose one with --key-name",
+            many.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
@@ -209,8 +212,8 @@ const CHUNK: usize = 1 << 20;
 
 /// A status as a signer error; transport failures get a hint at the usual causes.
 fn service_error(s: tonic::Status) -> kforge_signer::Error {
-    let transport = matches!(s.code(), tonic::Code::Cancelled | tonic::Code::Unavailable)
-        || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"));
+    let transport =
+        matches!(s.code(), tonic::Code::Cancelled | tonic::Code::Unavailable) || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"));
     let message = match transport {
         true => format!(
             "{}: the service closed or refused the connection (a client certificate it does not trust, a TLS mismatch, or the service is down)",

@@ -14,33 +14,15 @@ use std::process::Command;
 
 use protox::Compiler;
 use protox::file::{File, FileResolver, GoogleFileResolver};
-use protox::prost_reflect::{
-    Cardinality, DescriptorPool, EnumDescriptor, FieldDescriptor, FileDescriptor, Kind,
-    MessageDescriptor, Syntax,
-};
+use protox::prost_reflect::{Cardinality, DescriptorPool, EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor, Syntax};
 
 /// Each kforge file under `proto/buildkit/` and the upstream file (by import path) it follows.
 const FILES: [(&str, &str); 5] = [
-    (
-        "pb/ops.proto",
-        "github.com/moby/buildkit/solver/pb/ops.proto",
-    ),
-    (
-        "moby/buildkit/v1/types/worker.proto",
-        "github.com/moby/buildkit/api/types/worker.proto",
-    ),
-    (
-        "moby/buildkit/v1/control.proto",
-        "github.com/moby/buildkit/api/services/control/control.proto",
-    ),
-    (
-        "moby/filesync/v1/auth.proto",
-        "github.com/moby/buildkit/session/auth/auth.proto",
-    ),
-    (
-        "moby/buildkit/secrets/v1/secrets.proto",
-        "github.com/moby/buildkit/session/secrets/secrets.proto",
-    ),
+    ("pb/ops.proto", "github.com/moby/buildkit/solver/pb/ops.proto"),
+    ("moby/buildkit/v1/types/worker.proto", "github.com/moby/buildkit/api/types/worker.proto"),
+    ("moby/buildkit/v1/control.proto", "github.com/moby/buildkit/api/services/control/control.proto"),
+    ("moby/filesync/v1/auth.proto", "github.com/moby/buildkit/session/auth/auth.proto"),
+    ("moby/buildkit/secrets/v1/secrets.proto", "github.com/moby/buildkit/session/secrets/secrets.proto"),
 ];
 
 /// BuildKit's Go module.
@@ -63,14 +45,8 @@ fn buildkit_subset_matches_upstream() {
     let kforge_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("buildkit");
     let mut on_disk = Vec::new();
     proto_files(&kforge_dir, &kforge_dir, &mut on_disk);
-    let unmapped: Vec<_> = on_disk
-        .iter()
-        .filter(|f| !FILES.iter().any(|(k, _)| k == f))
-        .collect();
-    assert!(
-        unmapped.is_empty(),
-        "proto/buildkit/ files with no upstream file in FILES: {unmapped:?}"
-    );
+    let unmapped: Vec<_> = on_disk.iter().filter(|f| !FILES.iter().any(|(k, _)| k == f)).collect();
+    assert!(unmapped.is_empty(), "proto/buildkit/ files with no upstream file in FILES: {unmapped:?}");
 
     let kforge = Compiler::new([&kforge_dir])
         .expect("include proto/buildkit")
@@ -93,25 +69,13 @@ fn buildkit_subset_matches_upstream() {
 }
 
 /// Every difference between what kforge defines and upstream, one readable line each.
-fn compare(
-    kforge: &DescriptorPool,
-    upstream: &DescriptorPool,
-    files: &[(&str, &str)],
-) -> Vec<String> {
+fn compare(kforge: &DescriptorPool, upstream: &DescriptorPool, files: &[(&str, &str)]) -> Vec<String> {
     let mut out = Vec::new();
     for (k, u) in files {
-        let kfile = kforge
-            .get_file_by_name(k)
-            .unwrap_or_else(|| panic!("kforge has no file {k}"));
-        let ufile = upstream
-            .get_file_by_name(u)
-            .unwrap_or_else(|| panic!("upstream has no file {u}"));
+        let kfile = kforge.get_file_by_name(k).unwrap_or_else(|| panic!("kforge has no file {k}"));
+        let ufile = upstream.get_file_by_name(u).unwrap_or_else(|| panic!("upstream has no file {u}"));
         if kfile.package_name() != ufile.package_name() {
-            out.push(format!(
-                "{k}: package: kforge says {}, upstream ({u}) says {}",
-                kfile.package_name(),
-                ufile.package_name()
-            ));
+            out.push(format!("{k}: package: kforge says {}, upstream ({u}) says {}", kfile.package_name(), ufile.package_name()));
         }
         compare_file(&kfile, upstream, &mut out);
     }
@@ -138,11 +102,7 @@ fn compare_file(kfile: &FileDescriptor, upstream: &DescriptorPool, out: &mut Vec
         for kv in k.values() {
             let at = format!("{}.{}", k.full_name(), kv.name());
             match u.get_value_by_name(kv.name()) {
-                Some(uv) if uv.number() != kv.number() => out.push(format!(
-                    "{at}: number: kforge says {}, upstream says {}",
-                    kv.number(),
-                    uv.number()
-                )),
+                Some(uv) if uv.number() != kv.number() => out.push(format!("{at}: number: kforge says {}, upstream says {}", kv.number(), uv.number())),
                 Some(_) => {}
                 None => out.push(format!("{at}: enum value not upstream")),
             }
@@ -159,26 +119,10 @@ fn compare_file(kfile: &FileDescriptor, upstream: &DescriptorPool, out: &mut Vec
                 continue;
             };
             let facts = [
-                (
-                    "input",
-                    km.input().full_name().to_owned(),
-                    um.input().full_name().to_owned(),
-                ),
-                (
-                    "output",
-                    km.output().full_name().to_owned(),
-                    um.output().full_name().to_owned(),
-                ),
-                (
-                    "client streaming",
-                    km.is_client_streaming().to_string(),
-                    um.is_client_streaming().to_string(),
-                ),
-                (
-                    "server streaming",
-                    km.is_server_streaming().to_string(),
-                    um.is_server_streaming().to_string(),
-                ),
+                ("input", km.input().full_name().to_owned(), um.input().full_name().to_owned()),
+                ("output", km.output().full_name().to_owned(), um.output().full_name().to_owned()),
+                ("client streaming", km.is_client_streaming().to_string(), um.is_client_streaming().to_string()),
+                ("server streaming", km.is_server_streaming().to_string(), um.is_server_streaming().to_string()),
             ];
             differences(km.full_name(), &facts, out);
         }
@@ -189,13 +133,8 @@ fn compare_file(kfile: &FileDescriptor, upstream: &DescriptorPool, out: &mut Vec
 fn compare_message(k: &MessageDescriptor, u: &MessageDescriptor, out: &mut Vec<String>) {
     for kf in k.fields() {
         let at = format!("{} (field {})", kf.full_name(), kf.number());
-        let Some(uf) = u
-            .get_field_by_name(kf.name())
-            .or_else(|| u.get_field(kf.number()))
-        else {
-            out.push(format!(
-                "{at}: not upstream (no field of that name or number)"
-            ));
+        let Some(uf) = u.get_field_by_name(kf.name()).or_else(|| u.get_field(kf.number())) else {
+            out.push(format!("{at}: not upstream (no field of that name or number)"));
             continue;
         };
         let facts = [
@@ -222,11 +161,7 @@ fn differences(at: &str, facts: &[(&str, String, String)], out: &mut Vec<String>
 /// `string`, `.pb.Definition`-style full names for messages and enums, `map<K, V>` for maps.
 fn type_name(f: &FieldDescriptor) -> String {
     match f.kind() {
-        Kind::Message(m) if f.is_map() => format!(
-            "map<{}, {}>",
-            type_name(&m.map_entry_key_field()),
-            type_name(&m.map_entry_value_field())
-        ),
+        Kind::Message(m) if f.is_map() => format!("map<{}, {}>", type_name(&m.map_entry_key_field()), type_name(&m.map_entry_value_field())),
         Kind::Message(m) => m.full_name().to_owned(),
         Kind::Enum(e) => format!("enum {}", e.full_name()),
         scalar => format!("{scalar:?}").to_lowercase(),
@@ -235,8 +170,7 @@ fn type_name(f: &FieldDescriptor) -> String {
 
 /// `repeated`, `required`, `optional` (explicit presence) or `singular` (proto3, implicit presence).
 fn label(f: &FieldDescriptor) -> String {
-    let explicit =
-        f.field_descriptor_proto().proto3_optional() || f.parent_file().syntax() == Syntax::Proto2;
+    let explicit = f.field_descriptor_proto().proto3_optional() || f.parent_file().syntax() == Syntax::Proto2;
     match f.cardinality() {
         Cardinality::Repeated => "repeated",
         Cardinality::Required => "required",
@@ -264,8 +198,7 @@ fn oneof(f: &FieldDescriptor) -> String {
 
 /// `BUILDKIT_VERSION` from `versions.env`.
 fn buildkit_version(env: &Path) -> String {
-    let text =
-        std::fs::read_to_string(env).unwrap_or_else(|e| panic!("reading {}: {e}", env.display()));
+    let text = std::fs::read_to_string(env).unwrap_or_else(|e| panic!("reading {}: {e}", env.display()));
     text.lines()
         .find_map(|l| l.trim().strip_prefix("BUILDKIT_VERSION="))
         .map(|v| v.trim().trim_matches('"').to_owned())
@@ -274,19 +207,13 @@ fn buildkit_version(env: &Path) -> String {
 
 /// The `.proto` files under `dir`, as names relative to `base`, sorted.
 fn proto_files(base: &Path, dir: &Path, out: &mut Vec<String>) {
-    let entries =
-        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
     for entry in entries {
-        let path = entry
-            .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
-            .path();
+        let path = entry.unwrap_or_else(|e| panic!("listing {}: {e}", dir.display())).path();
         if path.is_dir() {
             proto_files(base, &path, out);
         } else if path.extension().is_some_and(|e| e == "proto") {
-            let name = path
-                .strip_prefix(base)
-                .expect("under base")
-                .to_string_lossy();
+            let name = path.strip_prefix(base).expect("under base").to_string_lossy();
             out.push(name.replace(std::path::MAIN_SEPARATOR, "/"));
         }
     }
@@ -303,11 +230,7 @@ fn go(dir: &Path, args: &[&str]) -> Result<String, String> {
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     } else {
-        Err(format!(
-            "go {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        Err(format!("go {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
     }
 }
 
@@ -328,21 +251,16 @@ impl UpstreamFiles {
         if let Err(e) = go(&wrapper, &["mod", "download", &pinned]) {
             panic!("cannot download {pinned}: {e}\n{PREREQUISITES}");
         }
-        let dir = go(&wrapper, &["list", "-m", "-f", "{{.Dir}}", &pinned])
-            .unwrap_or_else(|e| panic!("cannot locate {pinned}: {e}"));
-        let resolved = go(&wrapper, &["list", "-m", "-f", "{{.Version}}", BUILDKIT])
-            .unwrap_or_else(|e| panic!("tests/peers/buildkit/ does not resolve {BUILDKIT}: {e}"));
+        let dir = go(&wrapper, &["list", "-m", "-f", "{{.Dir}}", &pinned]).unwrap_or_else(|e| panic!("cannot locate {pinned}: {e}"));
+        let resolved =
+            go(&wrapper, &["list", "-m", "-f", "{{.Version}}", BUILDKIT]).unwrap_or_else(|e| panic!("tests/peers/buildkit/ does not resolve {BUILDKIT}: {e}"));
         assert_eq!(
             resolved, version,
             "tests/peers/buildkit/go.mod requires {BUILDKIT} {resolved} but versions.env pins \
              {version}: run tests/peers/build.sh --regenerate"
         );
         let modules = BTreeMap::from([(BUILDKIT.to_owned(), PathBuf::from(dir))]);
-        UpstreamFiles {
-            wrapper,
-            modules: RefCell::new(modules),
-            google: GoogleFileResolver::new(),
-        }
+        UpstreamFiles { wrapper, modules: RefCell::new(modules), google: GoogleFileResolver::new() }
     }
 
     /// The directory of `module` at the version the wrapper resolves, downloaded if needed.
@@ -355,9 +273,7 @@ impl UpstreamFiles {
             go(&self.wrapper, &["mod", "download", module])?;
             dir = go(&self.wrapper, &["list", "-m", "-f", "{{.Dir}}", module])?;
         }
-        self.modules
-            .borrow_mut()
-            .insert(module.to_owned(), PathBuf::from(&dir));
+        self.modules.borrow_mut().insert(module.to_owned(), PathBuf::from(&dir));
         Ok(PathBuf::from(dir))
     }
 
@@ -374,10 +290,7 @@ impl UpstreamFiles {
                 }
             }
         }
-        Err(format!(
-            "no module of tests/peers/buildkit/ holds {import}: {}",
-            errors.join("; ")
-        ))
+        Err(format!("no module of tests/peers/buildkit/ holds {import}: {}", errors.join("; ")))
     }
 }
 
@@ -390,8 +303,7 @@ impl FileResolver for UpstreamFiles {
             // googleapis is no Go module: read the descriptor compiled into Go's genproto module.
             let dir = self.module_dir(GENPROTO_RPC).map_err(protox::Error::new)?;
             let bytes = go_embedded_descriptor(&dir, name).map_err(protox::Error::new)?;
-            return File::decode_file_descriptor_proto(bytes.as_slice())
-                .map_err(protox::Error::new);
+            return File::decode_file_descriptor_proto(bytes.as_slice()).map_err(protox::Error::new);
         }
         File::open(name, &self.locate(name).map_err(protox::Error::new)?)
     }
@@ -400,10 +312,7 @@ impl FileResolver for UpstreamFiles {
 /// The serialized descriptor of `proto` that protoc-gen-go compiled into a `.pb.go` under `dir`.
 fn go_embedded_descriptor(dir: &Path, proto: &str) -> Result<Vec<u8>, String> {
     let source_line = format!("// source: {proto}\n");
-    let ident: String = proto
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
+    let ident: String = proto.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     let var = format!("file_{ident}_rawDesc = ");
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -416,34 +325,22 @@ fn go_embedded_descriptor(dir: &Path, proto: &str) -> Result<Vec<u8>, String> {
             if !path.to_string_lossy().ends_with(".pb.go") {
                 continue;
             }
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
             if !text.contains(&source_line) {
                 continue;
             }
-            let start = text
-                .find(&var)
-                .ok_or_else(|| format!("{}: no {var}", path.display()))?;
-            return parse_go_bytes(&text[start + var.len()..])
-                .ok_or_else(|| format!("{}: cannot read {var}", path.display()));
+            let start = text.find(&var).ok_or_else(|| format!("{}: no {var}", path.display()))?;
+            return parse_go_bytes(&text[start + var.len()..]).ok_or_else(|| format!("{}: cannot read {var}", path.display()));
         }
     }
-    Err(format!(
-        "no .pb.go under {} was generated from {proto}",
-        dir.display()
-    ))
+    Err(format!("no .pb.go under {} was generated from {proto}", dir.display()))
 }
 
 /// Reads a Go `[]byte{0x0a, …}` literal or a `"" + "\n" + "…"` string constant from its start.
 fn parse_go_bytes(text: &str) -> Option<Vec<u8>> {
     if let Some(body) = text.strip_prefix("[]byte{") {
         let body = &body[..body.find('}')?];
-        return body
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(|t| u8::from_str_radix(t.strip_prefix("0x")?, 16).ok())
-            .collect();
+        return body.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| u8::from_str_radix(t.strip_prefix("0x")?, 16).ok()).collect();
     }
     let mut out = Vec::new();
     for line in text.lines() {
@@ -472,9 +369,7 @@ fn unquote_go(literal: &str, out: &mut Vec<u8>) -> Option<()> {
         }
         let hex = |chars: &mut std::str::Chars<'_>, n: usize| -> Option<u32> {
             let digits: String = chars.by_ref().take(n).collect();
-            (digits.len() == n)
-                .then(|| u32::from_str_radix(&digits, 16).ok())
-                .flatten()
+            (digits.len() == n).then(|| u32::from_str_radix(&digits, 16).ok()).flatten()
         };
         match chars.next()? {
             'a' => out.push(0x07),
@@ -517,10 +412,7 @@ impl FileResolver for Sources {
 
 /// Compiles `name` from the given in-memory files.
 fn pool(files: Vec<(&'static str, &'static str)>, name: &str) -> DescriptorPool {
-    Compiler::with_file_resolver(Sources(files))
-        .open_file(name)
-        .unwrap_or_else(|e| panic!("compiling {name}: {e:?}"))
-        .descriptor_pool()
+    Compiler::with_file_resolver(Sources(files)).open_file(name).unwrap_or_else(|e| panic!("compiling {name}: {e:?}")).descriptor_pool()
 }
 
 /// A small "upstream" file that the tests below vary.
@@ -558,10 +450,7 @@ service S { rpc Call(M) returns (stream M); }
 "#;
     let kforge = pool(vec![("k.proto", subset)], "k.proto");
     let upstream = pool(vec![("u.proto", SMALL_UPSTREAM)], "u.proto");
-    assert_eq!(
-        compare(&kforge, &upstream, &[("k.proto", "u.proto")]),
-        Vec::<String>::new()
-    );
+    assert_eq!(compare(&kforge, &upstream, &[("k.proto", "u.proto")]), Vec::<String>::new());
 }
 
 #[test]
@@ -620,13 +509,7 @@ fn compare_reports_a_package_difference() {
     let kforge = pool(vec![("k.proto", other)], "k.proto");
     let upstream = pool(vec![("u.proto", SMALL_UPSTREAM)], "u.proto");
     let got = compare(&kforge, &upstream, &[("k.proto", "u.proto")]);
-    assert_eq!(
-        got,
-        [
-            "k.proto: package: kforge says other, upstream (u.proto) says t",
-            "other.M: message not upstream"
-        ]
-    );
+    assert_eq!(got, ["k.proto: package: kforge says other, upstream (u.proto) says t", "other.M: message not upstream"]);
 }
 
 #[test]

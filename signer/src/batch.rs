@@ -4,12 +4,12 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
-use rustix::fs::{renameat_with, RenameFlags, CWD};
+use rustix::fs::{CWD, RenameFlags, renameat_with};
 
 use crate::error::Error;
 use crate::sign::{Signed, Signer};
@@ -151,23 +151,13 @@ fn walk(root: &Path, c: &mut Collected, push: &mut impl FnMut(&mut Collected, Pa
 pub type SignFn<'a> = dyn Fn(&Job, Vec<u8>) -> Result<Signed, Error> + Sync + 'a;
 
 /// Signs every job in parallel. `on_done` is called once per job as it finishes.
-pub fn sign_jobs(
-    signer: &Signer,
-    jobs: &[Job],
-    opts: &BatchOptions,
-    on_done: &(dyn Fn(&Job, bool) + Sync),
-) -> Vec<Result<Outcome, Error>> {
+pub fn sign_jobs(signer: &Signer, jobs: &[Job], opts: &BatchOptions, on_done: &(dyn Fn(&Job, bool) + Sync)) -> Vec<Result<Outcome, Error>> {
     sign_jobs_with(jobs, opts, on_done, &|_, bytes| signer.sign(bytes))
 }
 
 /// Like [`sign_jobs`], with signing done by `sign` (for example by a remote signing service):
 /// files are read, handed to `sign`, and the results written back atomically.
-pub fn sign_jobs_with(
-    jobs: &[Job],
-    opts: &BatchOptions,
-    on_done: &(dyn Fn(&Job, bool) + Sync),
-    sign: &SignFn<'_>,
-) -> Vec<Result<Outcome, Error>> {
+pub fn sign_jobs_with(jobs: &[Job], opts: &BatchOptions, on_done: &(dyn Fn(&Job, bool) + Sync), sign: &SignFn<'_>) -> Vec<Result<Outcome, Error>> {
     let staging = Staging::for_jobs(jobs);
     jobs.par_iter()
         .map(|job| {
@@ -289,11 +279,7 @@ fn sign_one(job: &Job, opts: &BatchOptions, slots: Option<&Slots>, sign: &SignFn
 pub(crate) fn write_atomic(dst: &Path, bytes: &[u8], like: &fs::Metadata, fsync: bool) -> Result<(), Error> {
     let dir = parent(dst);
     fs::create_dir_all(dir).map_err(Error::io(dir, "create directory"))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kforge-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(Error::io(dir, "create a temporary file in"))?;
+    let mut tmp = tempfile::Builder::new().prefix(".kforge-").suffix(".tmp").tempfile_in(dir).map_err(Error::io(dir, "create a temporary file in"))?;
     tmp.write_all(bytes).map_err(Error::io(tmp.path(), "write"))?;
     finish_temp(tmp.as_file(), tmp.path(), dst, like, fsync)?;
     tmp.persist(dst).map_err(|e| Error::Io { path: dst.into(), op: "replace", cause: e.error })?;
@@ -302,8 +288,7 @@ pub(crate) fn write_atomic(dst: &Path, bytes: &[u8], like: &fs::Metadata, fsync:
 
 /// Gives a written temporary file the mode and owner of `like`, and fsyncs it if asked.
 fn finish_temp(file: &fs::File, path: &Path, dst: &Path, like: &fs::Metadata, fsync: bool) -> Result<(), Error> {
-    file.set_permissions(fs::Permissions::from_mode(like.mode() & 0o7777))
-        .map_err(Error::io(path, "set permissions on"))?;
+    file.set_permissions(fs::Permissions::from_mode(like.mode() & 0o7777)).map_err(Error::io(path, "set permissions on"))?;
     let own = file.metadata().map_err(Error::io(path, "stat"))?;
     if (own.uid(), own.gid()) != (like.uid(), like.gid()) {
         // Only root may give files away; anyone else keeps their own ownership.

@@ -8,7 +8,7 @@
 //!                   {hash}, {rsaEncryption, NULL}, signature } } } }
 //! ```
 
-use crate::der::{constructed, tag, tlv, Reader};
+use crate::der::{Reader, constructed, tag, tlv};
 use crate::error::Error;
 use crate::hash::HashAlgorithm;
 
@@ -55,23 +55,10 @@ pub(crate) fn encode(hash: HashAlgorithm, signer: &SignerId, signature: &[u8]) -
     };
     let version = tlv(tag::INTEGER, &[version]);
     let sig_alg = constructed(tag::SEQUENCE, &[&tlv(tag::OID, OID_RSA_ENCRYPTION), &tlv(tag::NULL, &[])]);
-    let signer_info = constructed(
-        tag::SEQUENCE,
-        &[&version, &sid, &digest_alg, &sig_alg, &tlv(tag::OCTET_STRING, signature)],
-    );
-    let signed_data = constructed(
-        tag::SEQUENCE,
-        &[
-            &version,
-            &tlv(tag::SET, &digest_alg),
-            &tlv(tag::SEQUENCE, &tlv(tag::OID, OID_DATA)),
-            &tlv(tag::SET, &signer_info),
-        ],
-    );
-    constructed(
-        tag::SEQUENCE,
-        &[&tlv(tag::OID, OID_SIGNED_DATA), &tlv(tag::CONTEXT_0_CONSTRUCTED, &signed_data)],
-    )
+    let signer_info = constructed(tag::SEQUENCE, &[&version, &sid, &digest_alg, &sig_alg, &tlv(tag::OCTET_STRING, signature)]);
+    let signed_data =
+        constructed(tag::SEQUENCE, &[&version, &tlv(tag::SET, &digest_alg), &tlv(tag::SEQUENCE, &tlv(tag::OID, OID_DATA)), &tlv(tag::SET, &signer_info)]);
+    constructed(tag::SEQUENCE, &[&tlv(tag::OID, OID_SIGNED_DATA), &tlv(tag::CONTEXT_0_CONSTRUCTED, &signed_data)])
 }
 
 /// Parses a module signature's CMS: exactly one signer, detached content.

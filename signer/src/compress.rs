@@ -76,8 +76,7 @@ impl Compression {
                 opts.dict_size(1 << 20);
                 let mut filters = liblzma::stream::Filters::new();
                 filters.lzma2(&opts);
-                let stream = liblzma::stream::Stream::new_stream_encoder(&filters, liblzma::stream::Check::Crc32)
-                    .map_err(|e| io(e.into()))?;
+                let stream = liblzma::stream::Stream::new_stream_encoder(&filters, liblzma::stream::Check::Crc32).map_err(|e| io(e.into()))?;
                 let mut enc = liblzma::write::XzEncoder::new_stream(out, stream);
                 enc.write_all(bytes).map_err(io)?;
                 enc.finish().map_err(io)

@@ -112,11 +112,7 @@ impl<'a> Reader<'a> {
 
     /// Requires that nothing is left.
     pub fn finish(&self, what: &str) -> Result<(), String> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{what}: {} unexpected trailing bytes", self.rest.len()))
-        }
+        if self.rest.is_empty() { Ok(()) } else { Err(format!("{what}: {} unexpected trailing bytes", self.rest.len())) }
     }
 }
 

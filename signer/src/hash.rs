@@ -95,10 +95,7 @@ impl FromStr for HashAlgorithm {
 
     fn from_str(s: &str) -> Result<Self, Error> {
         let wanted = s.trim().to_ascii_lowercase().replace('-', "");
-        Self::ALL
-            .into_iter()
-            .find(|h| h.name() == wanted)
-            .ok_or_else(|| Error::UnsupportedHash { name: s.to_string() })
+        Self::ALL.into_iter().find(|h| h.name() == wanted).ok_or_else(|| Error::UnsupportedHash { name: s.to_string() })
     }
 }
 
@@ -126,7 +123,9 @@ mod tests {
 
     #[test]
     fn digest_lengths() {
-        for (h, n) in [(HashAlgorithm::Sha1, 20), (HashAlgorithm::Sha224, 28), (HashAlgorithm::Sha256, 32), (HashAlgorithm::Sha384, 48), (HashAlgorithm::Sha512, 64)] {
+        for (h, n) in
+            [(HashAlgorithm::Sha1, 20), (HashAlgorithm::Sha224, 28), (HashAlgorithm::Sha256, 32), (HashAlgorithm::Sha384, 48), (HashAlgorithm::Sha512, 64)]
+        {
             assert_eq!(h.digest(b"abc").expect("hash").len(), n);
         }
     }

@@ -6,7 +6,7 @@ use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::x509::extension::{AuthorityKeyIdentifier, BasicConstraints, KeyUsage, SubjectKeyIdentifier};
-use openssl::x509::{X509Name, X509NameBuilder, X509};
+use openssl::x509::{X509, X509Name, X509NameBuilder};
 
 use crate::error::Error;
 
@@ -64,16 +64,11 @@ pub fn generate_key_pair(opts: &KeygenOptions) -> Result<KeyPair, Error> {
     let not_after = Asn1Time::days_from_now(opts.days).map_err(c("notAfter"))?;
     b.set_not_before(&not_before).map_err(c("notBefore"))?;
     b.set_not_after(&not_after).map_err(c("notAfter"))?;
-    b.append_extension(BasicConstraints::new().critical().build().map_err(c("basicConstraints"))?)
-        .map_err(c("basicConstraints"))?;
-    b.append_extension(KeyUsage::new().digital_signature().build().map_err(c("keyUsage"))?)
-        .map_err(c("keyUsage"))?;
+    b.append_extension(BasicConstraints::new().critical().build().map_err(c("basicConstraints"))?).map_err(c("basicConstraints"))?;
+    b.append_extension(KeyUsage::new().digital_signature().build().map_err(c("keyUsage"))?).map_err(c("keyUsage"))?;
     let skid = SubjectKeyIdentifier::new().build(&b.x509v3_context(None, None)).map_err(c("subjectKeyIdentifier"))?;
     b.append_extension(skid).map_err(c("subjectKeyIdentifier"))?;
-    let akid = AuthorityKeyIdentifier::new()
-        .keyid(true)
-        .build(&b.x509v3_context(None, None))
-        .map_err(c("authorityKeyIdentifier"))?;
+    let akid = AuthorityKeyIdentifier::new().keyid(true).build(&b.x509v3_context(None, None)).map_err(c("authorityKeyIdentifier"))?;
     b.append_extension(akid).map_err(c("authorityKeyIdentifier"))?;
     b.sign(&key, MessageDigest::sha256()).map_err(c("self-signing the certificate"))?;
     Ok(KeyPair { key, cert: b.build() })
@@ -104,8 +99,7 @@ mod tests {
 
     #[test]
     fn certificate_has_the_kernel_extensions() {
-        let kp = generate_key_pair(&KeygenOptions { subject: "/CN=test key/O=kforge".into(), bits: 2048, days: 10 })
-            .expect("generates");
+        let kp = generate_key_pair(&KeygenOptions { subject: "/CN=test key/O=kforge".into(), bits: 2048, days: 10 }).expect("generates");
         let text = String::from_utf8(kp.cert.to_text().expect("text")).expect("utf8");
         assert!(text.contains("CA:FALSE"), "{text}");
         assert!(text.contains("Digital Signature"), "{text}");

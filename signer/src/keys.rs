@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use openssl::pkey::{Id, PKey, Private, Public};
 use openssl::x509::X509;
 
-use crate::der::{tag, Reader};
+use crate::der::{Reader, tag};
 use crate::error::KeyError;
 
 /// An X.509 certificate, with what a module signature refers to already extracted.
@@ -33,12 +33,9 @@ impl Certificate {
 
     /// Parses a certificate in DER or PEM form; `origin` names it in errors.
     pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Self, KeyError> {
-        let x509 = X509::from_der(bytes)
-            .or_else(|_| X509::from_pem(bytes))
-            .map_err(|_| KeyError::BadCert { path: origin.into() })?;
+        let x509 = X509::from_der(bytes).or_else(|_| X509::from_pem(bytes)).map_err(|_| KeyError::BadCert { path: origin.into() })?;
         let der = x509.to_der().map_err(|_| KeyError::BadCert { path: origin.into() })?;
-        let (issuer_der, serial_der) = issuer_and_serial(&der)
-            .map_err(|detail| KeyError::MalformedCert { path: origin.into(), detail })?;
+        let (issuer_der, serial_der) = issuer_and_serial(&der).map_err(|detail| KeyError::MalformedCert { path: origin.into(), detail })?;
         let public_key = x509.public_key().map_err(|_| KeyError::BadCert { path: origin.into() })?;
         Ok(Certificate { x509, public_key, issuer_der, serial_der, path: origin.into() })
     }
@@ -80,10 +77,7 @@ impl Certificate {
 
     /// SHA-256 fingerprint of the DER certificate, lowercase hex.
     pub fn fingerprint_sha256(&self) -> String {
-        self.x509
-            .digest(openssl::hash::MessageDigest::sha256())
-            .map(hex::encode)
-            .unwrap_or_default()
+        self.x509.digest(openssl::hash::MessageDigest::sha256()).map(hex::encode).unwrap_or_default()
     }
 
     /// The underlying OpenSSL certificate.

@@ -18,15 +18,15 @@ mod sign;
 pub mod trailer;
 mod verify;
 
-pub use batch::{collect, sign_jobs, sign_jobs_with, BatchOptions, Collected, Job, Outcome, SignFn};
+pub use batch::{BatchOptions, Collected, Job, Outcome, SignFn, collect, sign_jobs, sign_jobs_with};
 pub use compress::Compression;
 pub use error::{Error, KeyError, NotModule, Result};
 pub use hash::HashAlgorithm;
-pub use keygen::{generate_key_pair, KeyPair, KeygenOptions};
+pub use keygen::{KeyPair, KeygenOptions, generate_key_pair};
 pub use keys::{Certificate, SigningKey};
 pub use module::ModuleInfo;
 pub use sign::{Signed, Signer, SignerIdentifier};
-pub use verify::{inspect, verify, Inspection, SignatureInfo, Verification};
+pub use verify::{Inspection, SignatureInfo, Verification, inspect, verify};
 
 /// File names the signer treats as kernel modules when walking directories.
 pub const MODULE_SUFFIXES: [&str; 4] = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];

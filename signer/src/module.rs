@@ -54,8 +54,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<ModuleInfo, NotModule> {
     if shoff == 0 || header.e_shnum == 0 {
         return Err(NotModule::Truncated("no section headers".into()));
     }
-    let sections = SectionHeader::parse(bytes, shoff, usize::from(header.e_shnum), ctx)
-        .map_err(|e| NotModule::Truncated(format!("section headers: {e}")))?;
+    let sections = SectionHeader::parse(bytes, shoff, usize::from(header.e_shnum), ctx).map_err(|e| NotModule::Truncated(format!("section headers: {e}")))?;
     for (i, sh) in sections.iter().enumerate() {
         if sh.sh_type != SHT_NOBITS && sh.sh_offset.saturating_add(sh.sh_size) > bytes.len() as u64 {
             return Err(NotModule::Truncated(format!(
@@ -68,12 +67,9 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<ModuleInfo, NotModule> {
     let names = sections
         .get(usize::from(header.e_shstrndx))
         .ok_or_else(|| NotModule::Truncated(format!("section-name table index {} is out of range", header.e_shstrndx)))?;
-    let strtab = Strtab::parse(bytes, names.sh_offset as usize, names.sh_size as usize, 0)
-        .map_err(|e| NotModule::Truncated(format!("section-name table: {e}")))?;
-    let modinfo = sections
-        .iter()
-        .find(|sh| strtab.get_at(sh.sh_name) == Some(".modinfo"))
-        .ok_or(NotModule::NoModinfo)?;
+    let strtab =
+        Strtab::parse(bytes, names.sh_offset as usize, names.sh_size as usize, 0).map_err(|e| NotModule::Truncated(format!("section-name table: {e}")))?;
+    let modinfo = sections.iter().find(|sh| strtab.get_at(sh.sh_name) == Some(".modinfo")).ok_or(NotModule::NoModinfo)?;
     if modinfo.sh_type == SHT_NOBITS {
         return Err(NotModule::NoModinfo);
     }
@@ -92,9 +88,7 @@ fn parse_modinfo(data: &[u8]) -> Result<ModuleInfo, NotModule> {
             s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect();
-    let find = |key: &'static str| {
-        fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).ok_or(NotModule::MissingField(key))
-    };
+    let find = |key: &'static str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).ok_or(NotModule::MissingField(key));
     Ok(ModuleInfo { name: find("name")?, vermagic: find("vermagic")?, fields })
 }
 

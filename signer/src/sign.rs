@@ -47,12 +47,8 @@ impl Signer {
     pub fn new(key: SigningKey, hash: HashAlgorithm, id: SignerIdentifier) -> Result<Self, Error> {
         let cert = key.certificate();
         let signer_id = match id {
-            SignerIdentifier::IssuerSerial => {
-                SignerId::IssuerSerial { issuer: cert.issuer_der().to_vec(), serial: cert.serial_der().to_vec() }
-            }
-            SignerIdentifier::KeyId => SignerId::KeyId(
-                cert.subject_key_id().ok_or_else(|| KeyError::NoSubjectKeyId { path: cert.path().into() })?.to_vec(),
-            ),
+            SignerIdentifier::IssuerSerial => SignerId::IssuerSerial { issuer: cert.issuer_der().to_vec(), serial: cert.serial_der().to_vec() },
+            SignerIdentifier::KeyId => SignerId::KeyId(cert.subject_key_id().ok_or_else(|| KeyError::NoSubjectKeyId { path: cert.path().into() })?.to_vec()),
         };
         Ok(Signer { key, hash, signer_id })
     }

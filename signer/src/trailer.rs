@@ -49,14 +49,7 @@ impl ModuleSignature {
     }
 
     fn from_bytes(b: &[u8; HEADER_LEN]) -> Self {
-        ModuleSignature {
-            algo: b[0],
-            hash: b[1],
-            id_type: b[2],
-            signer_len: b[3],
-            key_id_len: b[4],
-            sig_len: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
-        }
+        ModuleSignature { algo: b[0], hash: b[1], id_type: b[2], signer_len: b[3], key_id_len: b[4], sig_len: u32::from_be_bytes([b[8], b[9], b[10], b[11]]) }
     }
 
     /// Bytes between the module and the header: signer name, key id and signature.
@@ -92,9 +85,7 @@ pub fn split(bytes: &[u8]) -> Result<Option<Appended<'_>>, Error> {
     let header = ModuleSignature::from_bytes(&raw);
     let payload = header.payload_len();
     if payload > header_at as u64 {
-        return Err(Error::Trailer(format!(
-            "the trailer claims a {payload}-byte signature but only {header_at} bytes precede it"
-        )));
+        return Err(Error::Trailer(format!("the trailer claims a {payload}-byte signature but only {header_at} bytes precede it")));
     }
     let payload_at = header_at - payload as usize;
     let sig_at = header_at - header.sig_len as usize;

@@ -6,7 +6,7 @@ use openssl::x509::{X509Name, X509NameRef};
 
 use crate::cms::{self, SignerId};
 use crate::compress::Compression;
-use crate::der::{tag, Reader};
+use crate::der::{Reader, tag};
 use crate::error::Error;
 use crate::hash::HashAlgorithm;
 use crate::keys::Certificate;
@@ -73,10 +73,7 @@ pub fn verify(file_bytes: &[u8], cert: &Certificate) -> Result<Verification, Err
     let info = module::parse(bare)?;
     let appended = trailer::split(&plain)?.ok_or(Error::Unsigned)?;
     if appended.header.id_type != trailer::PKEY_ID_PKCS7 {
-        return Err(Error::Trailer(format!(
-            "signature type {} is not PKCS#7 (2), which is the only type kernels verify",
-            appended.header.id_type
-        )));
+        return Err(Error::Trailer(format!("signature type {} is not PKCS#7 (2), which is the only type kernels verify", appended.header.id_type)));
     }
     let parsed = cms::parse(appended.signature)?;
     let signature = describe(&parsed, appended.signature.len(), stacked);
@@ -84,10 +81,7 @@ pub fn verify(file_bytes: &[u8], cert: &Certificate) -> Result<Verification, Err
         return Err(Error::OtherSigner { signed_by: signer_line(&signature), certificate: cert_line(cert) });
     }
     if !cms::is_rsa_pkcs1(&parsed) {
-        return Err(Error::Cms(format!(
-            "signature algorithm {} is not RSA PKCS#1 v1.5",
-            hex::encode(&parsed.signature_algorithm)
-        )));
+        return Err(Error::Cms(format!("signature algorithm {} is not RSA PKCS#1 v1.5", hex::encode(&parsed.signature_algorithm))));
     }
     let digest = parsed.hash.digest(appended.signed)?;
     let mut ctx = PkeyCtx::new(cert.public_key()).map_err(Error::crypto("creating an RSA context"))?;
@@ -133,9 +127,7 @@ fn cert_line(cert: &Certificate) -> String {
 }
 
 fn common_name(name: &X509NameRef) -> Option<String> {
-    name.entries_by_nid(openssl::nid::Nid::COMMONNAME)
-        .next()
-        .and_then(|e| e.data().to_string().ok())
+    name.entries_by_nid(openssl::nid::Nid::COMMONNAME).next().and_then(|e| e.data().to_string().ok())
 }
 
 /// A name as one line: `CN=…, O=…`.

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::docker::{kill_processes_naming, signal, unmount_under};
-use super::peers::{free_port, tail, Peer};
+use super::peers::{Peer, free_port, tail};
 use super::pki::Ca;
 use super::registry::Registry;
 

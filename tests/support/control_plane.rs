@@ -59,13 +59,7 @@ pub struct FakeNode {
 impl FakeNode {
     /// An amd64 node running `kernel_version` on `os_image`, with the well-known labels only.
     pub fn new(name: &str, kernel_version: &str, os_image: &str) -> FakeNode {
-        FakeNode {
-            name: name.into(),
-            kernel_version: kernel_version.into(),
-            os_image: os_image.into(),
-            architecture: "amd64".into(),
-            labels: BTreeMap::new(),
-        }
+        FakeNode { name: name.into(), kernel_version: kernel_version.into(), os_image: os_image.into(), architecture: "amd64".into(), labels: BTreeMap::new() }
     }
 
     /// The same node with one more label.
@@ -77,14 +71,8 @@ impl FakeNode {
     /// The Node object to create, status included.
     fn manifest(&self) -> Value {
         let mut labels = self.labels.clone();
-        for (key, value) in [
-            ("kubernetes.io/hostname", self.name.as_str()),
-            ("kubernetes.io/os", "linux"),
-            ("kubernetes.io/arch", &self.architecture),
-        ] {
-            labels
-                .entry(key.to_string())
-                .or_insert_with(|| value.to_string());
+        for (key, value) in [("kubernetes.io/hostname", self.name.as_str()), ("kubernetes.io/os", "linux"), ("kubernetes.io/arch", &self.architecture)] {
+            labels.entry(key.to_string()).or_insert_with(|| value.to_string());
         }
         let resources = json!({"cpu": "8", "memory": "32Gi", "pods": "110"});
         json!({
@@ -156,18 +144,11 @@ impl ControlPlane {
         let scheduler = Peer::Kubernetes.binary("kube-scheduler");
         let kwok = (!options.nodes.is_empty()).then(|| Peer::Kwok.binary("kwok"));
 
-        let dir = tempfile::Builder::new()
-            .prefix("kforge-control-plane-")
-            .tempdir()
-            .expect("create the control plane's temp dir");
+        let dir = tempfile::Builder::new().prefix("kforge-control-plane-").tempdir().expect("create the control plane's temp dir");
         let pki = Pki::new(dir.path());
         let mut cp = ControlPlane {
             processes: Vec::new(),
-            curl: Curl {
-                ca: pki.ca.cert.clone(),
-                cert: pki.admin.cert.clone(),
-                key: pki.admin.key.clone(),
-            },
+            curl: Curl { ca: pki.ca.cert.clone(), cert: pki.admin.cert.clone(), key: pki.admin.key.clone() },
             server: String::new(),
             kubeconfig: dir.path().join("admin.kubeconfig"),
             ports: Vec::new(),
@@ -183,21 +164,12 @@ impl ControlPlane {
             cp.start_kwok(&kwok, &options.nodes);
         }
 
-        let steps: Vec<String> = cp
-            .startup
-            .iter()
-            .map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64()))
-            .collect();
+        let steps: Vec<String> = cp.startup.iter().map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64())).collect();
         let nodes = match options.nodes.len() {
             0 => String::new(),
             n => format!(", {n} fake nodes"),
         };
-        eprintln!(
-            "control plane ready in {:.1} s ({}{nodes}) at {}",
-            began.elapsed().as_secs_f64(),
-            steps.join(", "),
-            cp.server
-        );
+        eprintln!("control plane ready in {:.1} s ({}{nodes}) at {}", began.elapsed().as_secs_f64(), steps.join(", "), cp.server);
         cp
     }
 
@@ -209,10 +181,7 @@ impl ControlPlane {
             program,
             2,
             |p| {
-                let (client, peer) = (
-                    format!("http://127.0.0.1:{}", p[0]),
-                    format!("http://127.0.0.1:{}", p[1]),
-                );
+                let (client, peer) = (format!("http://127.0.0.1:{}", p[0]), format!("http://127.0.0.1:{}", p[1]));
                 vec![
                     "--name=kforge".into(),
                     format!("--data-dir={}", data.display()),
@@ -227,10 +196,7 @@ impl ControlPlane {
                 ]
             },
             |curl, p| {
-                curl.get(&format!("http://127.0.0.1:{}/health", p[0]))
-                    .is_some_and(|(status, body)| {
-                        status == 200 && body.contains("\"health\":\"true\"")
-                    })
+                curl.get(&format!("http://127.0.0.1:{}/health", p[0])).is_some_and(|(status, body)| status == 200 && body.contains("\"health\":\"true\""))
             },
         );
         format!("http://127.0.0.1:{}", ports[0])
@@ -258,22 +224,13 @@ impl ControlPlane {
                     "--allow-privileged=true".into(),
                     "--disable-admission-plugins=TaintNodesByCondition".into(),
                     "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                    format!(
-                        "--service-account-key-file={}",
-                        pki.service_account_public.display()
-                    ),
-                    format!(
-                        "--service-account-signing-key-file={}",
-                        pki.service_account_key.display()
-                    ),
+                    format!("--service-account-key-file={}", pki.service_account_public.display()),
+                    format!("--service-account-signing-key-file={}", pki.service_account_key.display()),
                     format!("--cert-dir={}", cert_dir.display()),
                     "--profiling=false".into(),
                 ]
             },
-            |curl, p| {
-                curl.get(&format!("https://127.0.0.1:{}/readyz", p[0]))
-                    .is_some_and(|(status, body)| status == 200 && body == "ok")
-            },
+            |curl, p| curl.get(&format!("https://127.0.0.1:{}/readyz", p[0])).is_some_and(|(status, body)| status == 200 && body == "ok"),
         );
         self.server = format!("https://127.0.0.1:{}", ports[0]);
     }
@@ -282,10 +239,7 @@ impl ControlPlane {
     /// has made `default` in namespace `default`.
     fn start_controller_manager(&mut self, program: &Path, pki: &Pki) {
         let kubeconfig = self.kubeconfig.display().to_string();
-        let default_account = format!(
-            "{}/api/v1/namespaces/default/serviceaccounts/default",
-            self.server
-        );
+        let default_account = format!("{}/api/v1/namespaces/default/serviceaccounts/default", self.server);
         self.launch(
             "kube-controller-manager",
             program,
@@ -301,19 +255,13 @@ impl ControlPlane {
                     format!("--secure-port={}", p[0]),
                     format!("--tls-cert-file={}", pki.serving.cert.display()),
                     format!("--tls-private-key-file={}", pki.serving.key.display()),
-                    format!(
-                        "--service-account-private-key-file={}",
-                        pki.service_account_key.display()
-                    ),
+                    format!("--service-account-private-key-file={}", pki.service_account_key.display()),
                     format!("--root-ca-file={}", pki.ca.cert.display()),
                 ]
             },
             |curl, p| {
-                curl.get(&format!("https://127.0.0.1:{}/healthz", p[0]))
-                    .is_some_and(|(status, body)| status == 200 && body == "ok")
-                    && curl
-                        .get(&default_account)
-                        .is_some_and(|(status, _)| status == 200)
+                curl.get(&format!("https://127.0.0.1:{}/healthz", p[0])).is_some_and(|(status, body)| status == 200 && body == "ok")
+                    && curl.get(&default_account).is_some_and(|(status, _)| status == 200)
             },
         );
     }
@@ -343,10 +291,7 @@ impl ControlPlane {
                     format!("--tls-private-key-file={}", pki.serving.key.display()),
                 ]
             },
-            |curl, p| {
-                curl.get(&format!("https://127.0.0.1:{}/readyz", p[0]))
-                    .is_some_and(|(status, body)| status == 200 && body == "ok")
-            },
+            |curl, p| curl.get(&format!("https://127.0.0.1:{}/readyz", p[0])).is_some_and(|(status, body)| status == 200 && body == "ok"),
         );
     }
 
@@ -362,19 +307,13 @@ impl ControlPlane {
             |p| {
                 vec![
                     format!("--kubeconfig={kubeconfig}"),
-                    format!(
-                        "--manage-nodes-with-annotation-selector={}={}",
-                        FAKE_NODE_ANNOTATION.0, FAKE_NODE_ANNOTATION.1
-                    ),
+                    format!("--manage-nodes-with-annotation-selector={}={}", FAKE_NODE_ANNOTATION.0, FAKE_NODE_ANNOTATION.1),
                     format!("--config={}", stages.join("nodes.yaml").display()),
                     format!("--config={}", stages.join("pods.yaml").display()),
                     format!("--server-address=127.0.0.1:{}", p[0]),
                 ]
             },
-            |curl, p| {
-                curl.get(&format!("http://127.0.0.1:{}/healthz", p[0]))
-                    .is_some_and(|(status, body)| status == 200 && body == "ok")
-            },
+            |curl, p| curl.get(&format!("http://127.0.0.1:{}/healthz", p[0])).is_some_and(|(status, body)| status == 200 && body == "ok"),
         );
         for node in nodes {
             self.create_node(node);
@@ -403,16 +342,11 @@ impl ControlPlane {
 
     /// A kube client as the admin, from `kubeconfig()`.
     pub async fn client(&self) -> kube::Client {
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)
-            .unwrap_or_else(|e| panic!("read {}: {e}", self.kubeconfig.display()));
-        let config = kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("load {}: {e}", self.kubeconfig.display()));
-        kube::Client::try_from(config)
-            .unwrap_or_else(|e| panic!("a kube client for {}: {e}", self.server))
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap_or_else(|e| panic!("read {}: {e}", self.kubeconfig.display()));
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("load {}: {e}", self.kubeconfig.display()));
+        kube::Client::try_from(config).unwrap_or_else(|e| panic!("a kube client for {}: {e}", self.server))
     }
 
     /// How long each step of `start` took: certificates, etcd, kube-apiserver, …, kwok (nodes Ready included).
@@ -422,17 +356,7 @@ impl ControlPlane {
 
     /// The last lines of every component's log, for failure messages.
     pub fn log_tails(&self) -> String {
-        self.processes
-            .iter()
-            .map(|p| {
-                format!(
-                    "--- {} ({}):\n{}\n",
-                    p.name,
-                    p.log.display(),
-                    tail(&p.log, TAIL_LINES)
-                )
-            })
-            .collect()
+        self.processes.iter().map(|p| format!("--- {} ({}):\n{}\n", p.name, p.log.display(), tail(&p.log, TAIL_LINES))).collect()
     }
 
     /// Polls `check` until it gives a value; after `WAIT_TIMEOUT` panics naming `what`, with the logs' tails.
@@ -443,10 +367,7 @@ impl ControlPlane {
                 return value;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "{what}: still not so after {WAIT_TIMEOUT:?}; the control plane's logs end:\n{}",
-                    self.log_tails()
-                );
+                panic!("{what}: still not so after {WAIT_TIMEOUT:?}; the control plane's logs end:\n{}", self.log_tails());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -484,21 +405,14 @@ impl ControlPlane {
             let deadline = Instant::now() + READY_TIMEOUT;
             loop {
                 let process = self.processes.last_mut().expect("just spawned");
-                let exited = process
-                    .child
-                    .try_wait()
-                    .unwrap_or_else(|e| panic!("poll {name}: {e}"));
+                let exited = process.child.try_wait().unwrap_or_else(|e| panic!("poll {name}: {e}"));
                 if let Some(status) = exited {
                     let text = std::fs::read_to_string(&log).unwrap_or_default();
                     if text.contains("address already in use") && attempt < ATTEMPTS {
                         self.processes.pop();
                         break;
                     }
-                    panic!(
-                        "{name} exited during start-up ({status}); last lines of {}:\n{}",
-                        log.display(),
-                        tail(&log, 40)
-                    );
+                    panic!("{name} exited during start-up ({status}); last lines of {}:\n{}", log.display(), tail(&log, 40));
                 }
                 if ready(&self.curl, &ports) {
                     self.startup.push((name, began.elapsed()));
@@ -506,11 +420,7 @@ impl ControlPlane {
                 }
                 if Instant::now() > deadline {
                     // Drop kills what started.
-                    panic!(
-                        "{name} was not ready within {READY_TIMEOUT:?}; last lines of {}:\n{}",
-                        log.display(),
-                        tail(&log, 40)
-                    );
+                    panic!("{name} was not ready within {READY_TIMEOUT:?}; last lines of {}:\n{}", log.display(), tail(&log, 40));
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -520,12 +430,9 @@ impl ControlPlane {
 
     /// Spawns `program args` under `setpriv --pdeathsig KILL`, output to `log`, and records it.
     fn spawn(&mut self, name: &'static str, program: &Path, args: &[String], log: &Path) {
-        let file =
-            std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let mut cmd = Command::new("setpriv");
-        cmd.args(["--pdeathsig", "KILL", "--"])
-            .arg(program)
-            .args(args);
+        cmd.args(["--pdeathsig", "KILL", "--"]).arg(program).args(args);
         // Only our flags: no KUBECONFIG, and none of etcd's ETCD_* flag variables.
         cmd.env_remove("KUBECONFIG");
         for (key, _) in std::env::vars_os() {
@@ -533,17 +440,9 @@ impl ControlPlane {
                 cmd.env_remove(key);
             }
         }
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone().expect("clone a log handle"))
-            .stderr(file);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} under setpriv (util-linux): {e}"));
-        self.processes.push(Process {
-            name,
-            child,
-            log: log.to_path_buf(),
-        });
+        cmd.stdin(Stdio::null()).stdout(file.try_clone().expect("clone a log handle")).stderr(file);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name} under setpriv (util-linux): {e}"));
+        self.processes.push(Process { name, child, log: log.to_path_buf() });
     }
 
     /// Creates a fake node with its status; if the API dropped the status, sets it through `/status`.
@@ -551,23 +450,14 @@ impl ControlPlane {
         let manifest = node.manifest();
         let url = format!("{}/api/v1/nodes", self.server);
         let created = match self.curl.send("POST", &url, &manifest) {
-            Some((201, body)) => serde_json::from_str::<Value>(&body)
-                .unwrap_or_else(|e| panic!("create Node {}: {e}: {body}", node.name)),
+            Some((201, body)) => serde_json::from_str::<Value>(&body).unwrap_or_else(|e| panic!("create Node {}: {e}: {body}", node.name)),
             other => panic!("create Node {}: {other:?}", node.name),
         };
         if created["status"]["nodeInfo"]["kernelVersion"] != json!(node.kernel_version) {
             let status_url = format!("{url}/{}/status", node.name);
             let patch = json!({"status": manifest["status"]});
-            let answer = self.curl.request(
-                "PATCH",
-                &status_url,
-                Some(("application/merge-patch+json", &patch)),
-            );
-            assert!(
-                matches!(answer, Some((200, _))),
-                "set the status of Node {}: {answer:?}",
-                node.name
-            );
+            let answer = self.curl.request("PATCH", &status_url, Some(("application/merge-patch+json", &patch)));
+            assert!(matches!(answer, Some((200, _))), "set the status of Node {}: {answer:?}", node.name);
         }
     }
 
@@ -581,21 +471,12 @@ impl ControlPlane {
                     .curl
                     .get(&url)
                     .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
-                    .is_some_and(|n| {
-                        n["status"]["conditions"].as_array().is_some_and(|c| {
-                            c.iter()
-                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                        })
-                    });
+                    .is_some_and(|n| n["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")));
                 if ready {
                     break;
                 }
                 if Instant::now() > deadline {
-                    panic!(
-                        "kwok did not make Node {} Ready within {READY_TIMEOUT:?}\n{}",
-                        node.name,
-                        self.log_tails()
-                    );
+                    panic!("kwok did not make Node {} Ready within {READY_TIMEOUT:?}\n{}", node.name, self.log_tails());
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -627,29 +508,11 @@ struct Pki {
 impl Pki {
     fn new(dir: &Path) -> Pki {
         let ca = Ca::new(dir, "kubernetes");
-        let sans = [
-            "IP:127.0.0.1",
-            "DNS:localhost",
-            "DNS:kubernetes",
-            "DNS:kubernetes.default",
-            "DNS:kubernetes.default.svc",
-            &format!("IP:{SERVICE_IP}"),
-        ];
+        let sans = ["IP:127.0.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default", "DNS:kubernetes.default.svc", &format!("IP:{SERVICE_IP}")];
         let serving = ca.issue_for("apiserver", "/CN=kube-apiserver", Usage::Server, &sans);
-        let admin = ca.issue_for(
-            "admin",
-            "/O=system:masters/CN=kforge-test-admin",
-            Usage::Client,
-            &[],
-        );
+        let admin = ca.issue_for("admin", "/O=system:masters/CN=kforge-test-admin", Usage::Client, &[]);
         let (service_account_key, service_account_public) = rsa_key_pair(dir, "service-account");
-        Pki {
-            ca,
-            serving,
-            admin,
-            service_account_key,
-            service_account_public,
-        }
+        Pki { ca, serving, admin, service_account_key, service_account_public }
     }
 }
 
@@ -692,43 +555,14 @@ impl Curl {
     }
 
     /// `method url` with an optional (content type, body).
-    fn request(
-        &self,
-        method: &str,
-        url: &str,
-        body: Option<(&str, &Value)>,
-    ) -> Option<(u16, String)> {
+    fn request(&self, method: &str, url: &str, body: Option<(&str, &Value)>) -> Option<(u16, String)> {
         let mut cmd = Command::new("curl");
-        cmd.args([
-            "-sS",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "10",
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            method,
-        ]);
-        cmd.arg("--cacert")
-            .arg(&self.ca)
-            .arg("--cert")
-            .arg(&self.cert)
-            .arg("--key")
-            .arg(&self.key);
+        cmd.args(["-sS", "--noproxy", "*", "--max-time", "10", "-w", "\n%{http_code}", "-X", method]);
+        cmd.arg("--cacert").arg(&self.ca).arg("--cert").arg(&self.cert).arg("--key").arg(&self.key);
         if let Some((content_type, body)) = body {
-            cmd.args([
-                "-H",
-                &format!("Content-Type: {content_type}"),
-                "--data-binary",
-                &body.to_string(),
-            ]);
+            cmd.args(["-H", &format!("Content-Type: {content_type}"), "--data-binary", &body.to_string()]);
         }
-        let out = cmd
-            .arg(url)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run curl: {e}"));
+        let out = cmd.arg(url).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run curl: {e}"));
         if !out.status.success() {
             return None;
         }

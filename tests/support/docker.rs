@@ -300,21 +300,14 @@ pub fn kill_processes_naming(dir: &Path) {
 
 /// Whether a process exists and is not a zombie.
 fn is_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z'))).unwrap_or(false)
 }
 
 /// Lazily unmounts (`umount -l`) every mount at or below `dir`, deepest first.
 pub fn unmount_under(dir: &Path) {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mounts: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        .filter(|p| p.starts_with(dir))
-        .collect();
+    let mut mounts: Vec<PathBuf> =
+        mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).map(|p| PathBuf::from(unescape_mountinfo(p))).filter(|p| p.starts_with(dir)).collect();
     mounts.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
     mounts.dedup();
     for m in mounts {

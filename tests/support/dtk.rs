@@ -89,10 +89,8 @@ fn cached_layout(name: &str, include: &str, tag: &str, label: &str) -> PathBuf {
     }
     let started = std::time::Instant::now();
     eprintln!("building the test image {name} ({include}) with mmdebstrap into {} (cached)", layout.display());
-    let stage = tempfile::Builder::new()
-        .prefix(&stage_prefix)
-        .tempdir_in(&cache)
-        .unwrap_or_else(|e| panic!("create a staging dir in {}: {e}", cache.display()));
+    let stage =
+        tempfile::Builder::new().prefix(&stage_prefix).tempdir_in(&cache).unwrap_or_else(|e| panic!("create a staging dir in {}: {e}", cache.display()));
     let oci = build(include, tag, label, stage.path());
     std::fs::rename(&oci, &layout).unwrap_or_else(|e| panic!("rename {} -> {}: {e}", oci.display(), layout.display()));
     eprintln!("built the test image {name} in {:.1} s", started.elapsed().as_secs_f64());
@@ -123,10 +121,7 @@ pub fn previous_abi(abi: &str) -> Option<String> {
     let (rest, flavour) = abi.rsplit_once('-')?;
     let (version, number) = rest.rsplit_once('-')?;
     let number: u32 = number.parse().ok()?;
-    (number.saturating_sub(10)..number)
-        .rev()
-        .map(|n| format!("{version}-{n}-{flavour}"))
-        .find(|candidate| in_archive(&format!("linux-headers-{candidate}")))
+    (number.saturating_sub(10)..number).rev().map(|n| format!("{version}-{n}-{flavour}")).find(|candidate| in_archive(&format!("linux-headers-{candidate}")))
 }
 
 /// Whether an apt source (not only dpkg's status) offers the package: `apt-cache madison` lists it.
@@ -210,4 +205,3 @@ fn build(packages: &str, tag: &str, label: &str, work: &Path) -> PathBuf {
     assert_eq!(layer_count(&manifest), Some(1), "the image should have one layer:\n{}", String::from_utf8_lossy(&manifest));
     oci
 }
-

@@ -2,9 +2,9 @@
 //! headers, keys made with the openssl CLI, and the oracles (`sign-file`, `openssl cms`, `modinfo`).
 #![allow(dead_code)]
 
-pub mod docker;
 pub mod buildkitd;
 pub mod control_plane;
+pub mod docker;
 pub mod dtk;
 pub mod oci;
 pub mod peers;
@@ -60,11 +60,7 @@ pub fn kernel_abi() -> String {
             .filter(|o| o.status.success())
             .map(|o| text(&o.stdout))
             .unwrap_or_default();
-        let depends = if depends.contains("linux-headers-") {
-            depends
-        } else {
-            ok(Command::new("apt-cache").args(["depends", "linux-headers-amd64"]))
-        };
+        let depends = if depends.contains("linux-headers-") { depends } else { ok(Command::new("apt-cache").args(["depends", "linux-headers-amd64"])) };
         depends
             .split(|c: char| c == ',' || c.is_whitespace())
             .find_map(|w| w.strip_prefix("linux-headers-").filter(|abi| abi.chars().next().is_some_and(|c| c.is_ascii_digit())))
@@ -130,11 +126,7 @@ pub struct Keys {
 
 /// Generates an RSA key and self-signed certificate in `dir` with `openssl req`.
 pub fn openssl_keys(dir: &Path, name: &str, bits: u32) -> Keys {
-    let keys = Keys {
-        key: dir.join(format!("{name}.key.pem")),
-        cert_pem: dir.join(format!("{name}.crt.pem")),
-        cert_der: dir.join(format!("{name}.crt.der")),
-    };
+    let keys = Keys { key: dir.join(format!("{name}.key.pem")), cert_pem: dir.join(format!("{name}.crt.pem")), cert_der: dir.join(format!("{name}.crt.der")) };
     ok(Command::new("openssl")
         .args(["req", "-new", "-nodes", "-x509", "-sha256", "-days", "3650", "-newkey", &format!("rsa:{bits}")])
         .args(["-subj", &format!("/CN=kforge test {name}/O=kforge tests")])

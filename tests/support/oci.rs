@@ -5,22 +5,35 @@
 use std::io::Write;
 use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 /// One entry of a layer.
 #[derive(Debug, Clone)]
 pub enum Item {
-    File { path: String, content: Vec<u8>, mode: u32 },
+    File {
+        path: String,
+        content: Vec<u8>,
+        mode: u32,
+    },
     Dir(String),
-    Symlink { path: String, target: String },
-    Hardlink { path: String, target: String },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    Hardlink {
+        path: String,
+        target: String,
+    },
     /// `.wh.<name>`: deletes `path` from lower layers.
     Whiteout(String),
     /// `.wh..wh..opq` in `dir`: hides the directory's lower contents.
     Opaque(String),
     /// A regular-file entry whose name is written verbatim (for hostile names such as `../x`).
-    RawName { name: String, content: Vec<u8> },
+    RawName {
+        name: String,
+        content: Vec<u8>,
+    },
 }
 
 /// A file item with mode 0644.
@@ -83,7 +96,8 @@ fn layer_tar(items: &[Item]) -> Vec<u8> {
                 h.set_entry_type(if matches!(item, Item::Symlink { .. }) { tar::EntryType::Symlink } else { tar::EntryType::Link });
                 h.set_mode(0o777);
                 h.set_size(0);
-                b.append_link(&mut h, path.trim_start_matches('/'), target.trim_start_matches(if matches!(item, Item::Hardlink { .. }) { "/" } else { "" })).expect("link entry");
+                b.append_link(&mut h, path.trim_start_matches('/'), target.trim_start_matches(if matches!(item, Item::Hardlink { .. }) { "/" } else { "" }))
+                    .expect("link entry");
             }
             Item::Whiteout(path) => {
                 let (dir, name) = path.rsplit_once('/').expect("absolute path");
@@ -121,7 +135,11 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// Writes the image's blobs and returns (manifest bytes, media type).
 fn image_blobs(layout: &Path, image: &Image) -> (Vec<u8>, &'static str) {
     let (manifest_type, config_type, layer_type) = if image.docker {
-        ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.container.image.v1+json", "application/vnd.docker.image.rootfs.diff.tar.gzip")
+        (
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        )
     } else {
         ("application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip")
     };
@@ -153,10 +171,8 @@ fn tag_in_index(layout: &Path, tag: &str, media_type: &str, bytes: &[u8]) -> Str
     std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
     let digest = put_blob(layout, bytes);
     let index_path = layout.join("index.json");
-    let mut index: Value = std::fs::read(&index_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_else(|| json!({"schemaVersion": 2, "manifests": []}));
+    let mut index: Value =
+        std::fs::read(&index_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_else(|| json!({"schemaVersion": 2, "manifests": []}));
     let manifests = index["manifests"].as_array_mut().expect("manifests");
     manifests.retain(|m| m["annotations"]["org.opencontainers.image.ref.name"] != json!(tag));
     manifests.push(json!({"mediaType": media_type, "digest": digest, "size": bytes.len(), "annotations": {"org.opencontainers.image.ref.name": tag}}));
@@ -181,7 +197,8 @@ pub fn write_index(layout: &Path, tag: &str, images: &[Image]) -> String {
             "annotations": {"kforge.test/platform": format!("{}-{}", image.os, image.arch)},
         }));
     }
-    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries, "annotations": {"kforge.test/index": "yes"}});
+    let index =
+        json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries, "annotations": {"kforge.test/index": "yes"}});
     tag_in_index(layout, tag, "application/vnd.oci.image.index.v1+json", &serde_json::to_vec(&index).expect("json"))
 }
 

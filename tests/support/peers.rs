@@ -49,11 +49,7 @@ impl Peer {
 
     /// The pinned version, e.g. `v0.34.2`.
     pub fn version(self) -> String {
-        pins()
-            .iter()
-            .find(|(k, _)| k == self.key())
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("tests/peers/versions.env pins no {}", self.key()))
+        pins().iter().find(|(k, _)| k == self.key()).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("tests/peers/versions.env pins no {}", self.key()))
     }
 
     /// `<cache_dir()>/bin/<name>-<version>`.

@@ -245,23 +245,27 @@ fn make_tls_files(dir: &Path) -> TlsFiles {
     std::fs::create_dir(&tls).expect("create tls dir");
     let ca_key = tls.join("ca.key");
     let ca = tls.join("ca.pem");
-    run_ok(Command::new("openssl")
-        .args(["req", "-x509", "-new", "-nodes", "-sha256", "-days", "3650", "-newkey", "rsa:2048"])
-        .args(["-subj", "/CN=kforge test registry CA/O=kforge tests"])
-        .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-        .arg("-keyout")
-        .arg(&ca_key)
-        .arg("-out")
-        .arg(&ca));
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-x509", "-new", "-nodes", "-sha256", "-days", "3650", "-newkey", "rsa:2048"])
+            .args(["-subj", "/CN=kforge test registry CA/O=kforge tests"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca),
+    );
     let key = tls.join("server.key");
     let csr = tls.join("server.csr");
     let cert = tls.join("server.pem");
-    run_ok(Command::new("openssl")
-        .args(["req", "-new", "-nodes", "-sha256", "-newkey", "rsa:2048", "-subj", "/CN=127.0.0.1/O=kforge tests"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&csr));
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-new", "-nodes", "-sha256", "-newkey", "rsa:2048", "-subj", "/CN=127.0.0.1/O=kforge tests"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+    );
     let ext = tls.join("server.ext");
     std::fs::write(
         &ext,
@@ -273,17 +277,19 @@ fn make_tls_files(dir: &Path) -> TlsFiles {
          authorityKeyIdentifier = keyid\n",
     )
     .expect("write server.ext");
-    run_ok(Command::new("openssl")
-        .args(["x509", "-req", "-sha256", "-days", "3650", "-set_serial", "2", "-in"])
-        .arg(&csr)
-        .arg("-CA")
-        .arg(&ca)
-        .arg("-CAkey")
-        .arg(&ca_key)
-        .arg("-extfile")
-        .arg(&ext)
-        .arg("-out")
-        .arg(&cert));
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-sha256", "-days", "3650", "-set_serial", "2", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(&cert),
+    );
     let cert_dir = tls.join("certs.d");
     std::fs::create_dir(&cert_dir).expect("create cert dir");
     std::fs::copy(&ca, cert_dir.join("ca.crt")).expect("copy ca.crt");
@@ -423,11 +429,7 @@ fn is_root() -> bool {
     static ROOT: OnceLock<bool> = OnceLock::new();
     *ROOT.get_or_init(|| {
         let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1))
-            .is_some_and(|euid| euid == "0")
+        status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().nth(1)).is_some_and(|euid| euid == "0")
     })
 }
 

@@ -2,8 +2,8 @@
 //! the RHCOS version of the Nodes running a kernel (`status.nodeInfo.osImage`).
 
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -146,11 +146,28 @@ pub(crate) async fn resolve(client: &Client, kernel: &str, lookup: &dyn DigestLo
     let mut reasons = Vec::new();
     for (version, node) in versions {
         let origin = format!("{OBJECT} tag {version}");
-        let from_status = stream.status.tags.iter().find(|t| t.tag == version).and_then(|t| t.items.first()).map(|i| i.docker_image_reference.as_str()).filter(|r| !r.is_empty());
-        let from_spec = stream.spec.tags.iter().find(|t| t.name == version).and_then(|t| t.from.as_ref()).filter(|f| f.kind == "DockerImage" && !f.name.is_empty()).map(|f| f.name.as_str());
+        let from_status = stream
+            .status
+            .tags
+            .iter()
+            .find(|t| t.tag == version)
+            .and_then(|t| t.items.first())
+            .map(|i| i.docker_image_reference.as_str())
+            .filter(|r| !r.is_empty());
+        let from_spec = stream
+            .spec
+            .tags
+            .iter()
+            .find(|t| t.name == version)
+            .and_then(|t| t.from.as_ref())
+            .filter(|f| f.kind == "DockerImage" && !f.name.is_empty())
+            .map(|f| f.name.as_str());
         let Some(reference) = from_status.or(from_spec) else {
             let tags: Vec<&str> = stream.spec.tags.iter().map(|t| t.name.as_str()).collect();
-            reasons.push(format!("{OBJECT}: no tag {version} for the RHCOS of Node {node} (tags: {})", if tags.is_empty() { "none".to_string() } else { tags.join(", ") }));
+            reasons.push(format!(
+                "{OBJECT}: no tag {version} for the RHCOS of Node {node} (tags: {})",
+                if tags.is_empty() { "none".to_string() } else { tags.join(", ") }
+            ));
             continue;
         };
         let detail = format!("{origin} (RHCOS of Node {node}, which runs {kernel})");

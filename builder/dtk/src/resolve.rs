@@ -8,15 +8,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::Api;
 use kube::Client;
+use kube::api::Api;
 
 use crate::config::DtkConfig;
 use crate::error::{Error, Result};
 use crate::kubeapi::get_opt;
 use crate::lookup::DigestLookup;
 use crate::mapping::{Entry, Mappings};
-use crate::openshift::{self, Outcome, OBJECT};
+use crate::openshift::{self, OBJECT, Outcome};
 use crate::reference::{pinned, with_digest};
 use crate::vars::KernelVars;
 

@@ -432,7 +432,15 @@ mod tests {
     #[test]
     fn normalisation_as_in_kmm_tests() {
         // KMM's kernel_test.go.
-        for (input, want) in [("1.2.3-4", "1.2.3-4"), ("1.2.3+4", "1.2.3_4"), ("1.2.3_4", "1.2.3_4"), ("1.2.3&4", "1.2.3_4"), ("1.2.3%4", "1.2.3_4"), ("1.2.3?4", "1.2.3_4"), ("1.2.3 4", "1.2.3_4")] {
+        for (input, want) in [
+            ("1.2.3-4", "1.2.3-4"),
+            ("1.2.3+4", "1.2.3_4"),
+            ("1.2.3_4", "1.2.3_4"),
+            ("1.2.3&4", "1.2.3_4"),
+            ("1.2.3%4", "1.2.3_4"),
+            ("1.2.3?4", "1.2.3_4"),
+            ("1.2.3 4", "1.2.3_4"),
+        ] {
             assert_eq!(normalize(input), want);
         }
         let v = KernelVars::new("5.14.0+rt", "m", "n");
@@ -523,10 +531,11 @@ mod tests {
     #[test]
     fn build_args_are_kmms_four() {
         let args = KernelVars::new("6.1.0-56-amd64", "nvidia", "gpu").build_args();
-        let want: BTreeMap<String, String> = [("KERNEL_FULL_VERSION", "6.1.0-56-amd64"), ("KERNEL_VERSION", "6.1.0-56-amd64"), ("MOD_NAME", "nvidia"), ("MOD_NAMESPACE", "gpu")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let want: BTreeMap<String, String> =
+            [("KERNEL_FULL_VERSION", "6.1.0-56-amd64"), ("KERNEL_VERSION", "6.1.0-56-amd64"), ("MOD_NAME", "nvidia"), ("MOD_NAMESPACE", "gpu")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         assert_eq!(args, want);
     }
 }

@@ -95,14 +95,17 @@ async fn serve(mut handle: Handle, script: Vec<Expect>) {
     let wait = Duration::from_secs(5);
     for (i, expect) in script.into_iter().enumerate() {
         let next = tokio::time::timeout(wait, handle.next_request()).await;
-        let (request, send) = next.unwrap_or_else(|_| panic!("request {i} ({}) never came", expect.path)).unwrap_or_else(|| panic!("client gone before request {i} ({})", expect.path));
+        let (request, send) = next
+            .unwrap_or_else(|_| panic!("request {i} ({}) never came", expect.path))
+            .unwrap_or_else(|| panic!("client gone before request {i} ({})", expect.path));
         assert_eq!(request.method(), Method::GET, "request {i}");
         assert_eq!(request.uri().path(), expect.path, "request {i}");
         if let Some(q) = expect.query {
             let query = request.uri().query().unwrap_or_default();
             assert_eq!(query, q, "request {i} query");
         }
-        let response = Response::builder().status(expect.status).header("content-type", "application/json").body(Body::from(expect.body.into_bytes())).expect("response");
+        let response =
+            Response::builder().status(expect.status).header("content-type", "application/json").body(Body::from(expect.body.into_bytes())).expect("response");
         send.send_response(response);
     }
     let after = tokio::time::timeout(wait, handle.next_request()).await.expect("client not dropped at the end of the test");
@@ -163,8 +166,16 @@ fn image_stream(spec_tags: Vec<Value>, status_tags: Vec<Value>) -> Value {
 
 fn ocp_image_stream() -> Value {
     image_stream(
-        vec![spec_tag(RHCOS_411, &format!("{ART}@{DTK_411}")), spec_tag(RHCOS_412, &format!("{ART}@{DTK_412}")), spec_tag("latest", &format!("{ART}@{DTK_412}"))],
-        vec![status_tag(RHCOS_411, &format!("{ART}@{DTK_411}"), DTK_411), status_tag(RHCOS_412, &format!("{ART}@{DTK_412}"), DTK_412), status_tag("latest", &format!("{ART}@{DTK_412}"), DTK_412)],
+        vec![
+            spec_tag(RHCOS_411, &format!("{ART}@{DTK_411}")),
+            spec_tag(RHCOS_412, &format!("{ART}@{DTK_412}")),
+            spec_tag("latest", &format!("{ART}@{DTK_412}")),
+        ],
+        vec![
+            status_tag(RHCOS_411, &format!("{ART}@{DTK_411}"), DTK_411),
+            status_tag(RHCOS_412, &format!("{ART}@{DTK_412}"), DTK_412),
+            status_tag("latest", &format!("{ART}@{DTK_412}"), DTK_412),
+        ],
     )
 }
 
@@ -299,7 +310,12 @@ async fn configmap_literal_mapping_when_the_configuration_does_not_match() {
 async fn configmap_regexp_mapping_with_kmm_variables() {
     let (client, server) = api(vec![
         not_found(IS_PATH, "imagestreams.image.openshift.io", "driver-toolkit"),
-        ok(CM_PATH, config_map(json!({"6.1.0-55-amd64": "127.0.0.1:5000/dtk:old", "regexps": "# Debian 12\n^5\\.10\\. 127.0.0.1:5000/dtk:bullseye\n-amd64$   127.0.0.1:5000/dtk:${KERNEL_XYZ}-debian\n"}))),
+        ok(
+            CM_PATH,
+            config_map(
+                json!({"6.1.0-55-amd64": "127.0.0.1:5000/dtk:old", "regexps": "# Debian 12\n^5\\.10\\. 127.0.0.1:5000/dtk:bullseye\n-amd64$   127.0.0.1:5000/dtk:${KERNEL_XYZ}-debian\n"}),
+            ),
+        ),
     ]);
     let registry = FakeRegistry::with(&[("127.0.0.1:5000/dtk:6.1.0-debian", REG)]);
     let config = DtkConfig { configmap: cm_ref(), ..Default::default() };
@@ -314,7 +330,11 @@ async fn configmap_regexp_mapping_with_kmm_variables() {
 #[tokio::test]
 async fn a_mapping_whose_image_is_missing_is_an_error_naming_both() {
     let registry = FakeRegistry::with(&[]);
-    let config = DtkConfig { mappings: vec![regexp("-amd64$", "127.0.0.1:5000/dtk:${KERNEL_FULL_VERSION}")], template: Some("127.0.0.1:5000/other:x".into()), ..Default::default() };
+    let config = DtkConfig {
+        mappings: vec![regexp("-amd64$", "127.0.0.1:5000/dtk:${KERNEL_FULL_VERSION}")],
+        template: Some("127.0.0.1:5000/other:x".into()),
+        ..Default::default()
+    };
     let resolver = Resolver::new(config, None, registry.clone()).expect("resolver");
     let e = resolver.resolve(DEBIAN_KERNEL).await.expect_err("missing");
     assert!(matches!(&e, Error::MappingImageMissing { image, .. } if image == "127.0.0.1:5000/dtk:6.1.0-56-amd64"), "{e}");
@@ -364,10 +384,7 @@ async fn a_template_with_an_unclosed_brace_is_refused_up_front() {
 
 #[tokio::test]
 async fn nothing_applies_lists_every_source_and_why() {
-    let (client, server) = api(vec![
-        not_found(IS_PATH, "imagestreams.image.openshift.io", "driver-toolkit"),
-        not_found(CM_PATH, "configmaps", "dtk-images"),
-    ]);
+    let (client, server) = api(vec![not_found(IS_PATH, "imagestreams.image.openshift.io", "driver-toolkit"), not_found(CM_PATH, "configmaps", "dtk-images")]);
     let registry = FakeRegistry::with(&[]);
     let kernel = "6.1.0-99-amd64";
     let config = DtkConfig {
@@ -421,7 +438,8 @@ async fn openshift_disabled_and_no_node_with_the_kernel() {
     finish(resolver, server).await;
 
     // OpenShift, but no Node runs the kernel (yet): skipped, with the reason.
-    let (client, server) = api(vec![ok(IS_PATH, ocp_image_stream()), nodes_page("&limit=500", node_list(vec![node("worker-0", OCP_KERNEL, &rhcos(RHCOS_412))], None))]);
+    let (client, server) =
+        api(vec![ok(IS_PATH, ocp_image_stream()), nodes_page("&limit=500", node_list(vec![node("worker-0", OCP_KERNEL, &rhcos(RHCOS_412))], None))]);
     let resolver = Resolver::new(DtkConfig::default(), Some(client), FakeRegistry::with(&[])).expect("resolver");
     let e = resolver.resolve("5.14.0-284.11.1.el9_2.x86_64").await.expect_err("nothing");
     assert!(e.to_string().contains("no Node runs kernel 5.14.0-284.11.1.el9_2.x86_64"), "{e}");

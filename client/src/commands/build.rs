@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use kforge_builder::{Builder, BuilderOptions, BuildSpec, Daemon, Endpoint, Event, InputFile, PlainPrinter, TlsFiles};
+use anyhow::{Context, bail};
+use kforge_builder::{BuildSpec, Builder, BuilderOptions, Daemon, Endpoint, Event, InputFile, PlainPrinter, TlsFiles};
 use kforge_image::DockerConfig;
 
 /// Context files go inline in the build request; keep them to sources, not artefacts.
@@ -89,7 +89,12 @@ impl BuildArgs {
     pub fn endpoint(&self) -> anyhow::Result<Endpoint> {
         let mut endpoint: Endpoint = self.buildkit.parse()?;
         if self.tlscacert.is_some() || self.tlscert.is_some() || self.tlskey.is_some() {
-            endpoint = endpoint.with_tls(TlsFiles { ca: self.tlscacert.clone(), cert: self.tlscert.clone(), key: self.tlskey.clone(), server_name: self.tls_server_name.clone() })?;
+            endpoint = endpoint.with_tls(TlsFiles {
+                ca: self.tlscacert.clone(),
+                cert: self.tlscert.clone(),
+                key: self.tlskey.clone(),
+                server_name: self.tls_server_name.clone(),
+            })?;
         }
         Ok(endpoint)
     }

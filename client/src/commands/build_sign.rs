@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use kforge_builder::{build_and_sign, BuildSign, Daemon, SignStep};
+use kforge_builder::{BuildSign, Daemon, SignStep, build_and_sign};
 use kforge_dtk::KernelVars;
 use kforge_image::{RegistryOptions, Selection};
 
-use super::build::{write_digest, BuildArgs, View};
-use super::dtk::DtkArgs;
 use super::KeyArgs;
+use super::build::{BuildArgs, View, write_digest};
+use super::dtk::DtkArgs;
 
 /// Arguments of `kforge build-sign`.
 #[derive(Debug, clap::Args)]
@@ -70,9 +70,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let image = vars.expand(&args.to).context("--to")?;
     let sign = match (&args.key, &args.cert) {
         (Some(key), Some(cert)) => {
-            let keys = KeyArgs { key: Some(key.clone()), cert: Some(cert.clone()), hash: args.hash.clone(), key_id: false, passphrase_file: args.passphrase_file.clone() };
+            let keys = KeyArgs {
+                key: Some(key.clone()),
+                cert: Some(cert.clone()),
+                hash: args.hash.clone(),
+                key_id: false,
+                passphrase_file: args.passphrase_file.clone(),
+            };
             let files = args.files.iter().map(|f| vars.expand(f)).collect::<Result<Vec<_>, _>>().context("--files")?;
-            Some(SignStep { signer: Arc::new(keys.signer()?), selection: if files.is_empty() { Selection::Default } else { Selection::Files(files) }, audit: None })
+            Some(SignStep {
+                signer: Arc::new(keys.signer()?),
+                selection: if files.is_empty() { Selection::Default } else { Selection::Files(files) },
+                audit: None,
+            })
         }
         (None, None) => None,
         _ => anyhow::bail!("--key and --cert go together"),

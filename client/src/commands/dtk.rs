@@ -57,7 +57,8 @@ impl DtkArgs {
 
     /// A resolver using these options and `registries` for digests.
     pub async fn resolver(&self, registries: RegistryOptions) -> anyhow::Result<Resolver> {
-        let client = if self.kube { Some(kube::Client::try_default().await.context("cannot reach the Kubernetes API (KUBECONFIG or in-cluster)")?) } else { None };
+        let client =
+            if self.kube { Some(kube::Client::try_default().await.context("cannot reach the Kubernetes API (KUBECONFIG or in-cluster)")?) } else { None };
         Ok(Resolver::new(self.config()?, client, Arc::new(RegistryLookup::new(registries)))?)
     }
 }
@@ -89,10 +90,7 @@ enum Command {
 /// Runs `kforge dtk …`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Command::Resolve { kernel, dtk, auth_file, insecure } = args.command;
-    let mut registries = RegistryOptions {
-        credentials: kforge_image::DockerConfig::load_or_environment(auth_file.as_deref())?,
-        ..Default::default()
-    };
+    let mut registries = RegistryOptions { credentials: kforge_image::DockerConfig::load_or_environment(auth_file.as_deref())?, ..Default::default() };
     registries.tls.insecure = insecure;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let resolved = runtime.block_on(async { anyhow::Ok(dtk.resolver(registries).await?.resolve_for(&KernelVars::kernel_only(&kernel)).await?) })?;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kforge_signer::{generate_key_pair, KeygenOptions};
+use kforge_signer::{KeygenOptions, generate_key_pair};
 
 /// Arguments of `kforge keygen`.
 #[derive(Debug, clap::Args)]
@@ -44,8 +44,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     write_new(&args.key_out, &key_pem, 0o600, args.force)?;
     write_new(&args.cert_out, &cert, 0o644, args.force)?;
     let serial = pair.cert.serial_number().to_bn().and_then(|b| b.to_hex_str().map(|s| s.to_string())).unwrap_or_default();
-    println!("wrote {} (RSA-{}) and {} ({}, serial {serial})", args.key_out.display(), args.bits, args.cert_out.display(), if args.der { "DER" } else { "PEM" });
-    println!("enrol for Secure Boot with: mokutil --import {} (DER; convert PEM with openssl x509 -outform DER), then reboot and confirm in MokManager", args.cert_out.display());
+    println!(
+        "wrote {} (RSA-{}) and {} ({}, serial {serial})",
+        args.key_out.display(),
+        args.bits,
+        args.cert_out.display(),
+        if args.der { "DER" } else { "PEM" }
+    );
+    println!(
+        "enrol for Secure Boot with: mokutil --import {} (DER; convert PEM with openssl x509 -outform DER), then reboot and confirm in MokManager",
+        args.cert_out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use kforge_signer::{collect, sign_jobs, sign_jobs_with, BatchOptions, Compression, Job, ModuleInfo, Signed};
+use kforge_signer::{BatchOptions, Compression, Job, ModuleInfo, Signed, collect, sign_jobs, sign_jobs_with};
 
-use super::{human_bytes, KeyArgs};
+use super::{KeyArgs, human_bytes};
 use crate::remote::{self, RemoteArgs};
 
 /// Arguments of `kforge sign`.

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use kforge_image::{sign_image, DockerConfig, Event, ImageRef, RegistryOptions, SignImage, Selection};
-use super::{human_bytes, KeyArgs};
+use super::{KeyArgs, human_bytes};
 use crate::remote::{self, RemoteArgs};
+use anyhow::Context;
+use kforge_image::{DockerConfig, Event, ImageRef, RegistryOptions, Selection, SignImage, sign_image};
 
 /// Arguments of `kforge sign-image`.
 #[derive(Debug, clap::Args)]
@@ -82,7 +82,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         registries.per_registry.insert(host.clone(), kforge_image::RegistryTls { insecure: true, ..Default::default() });
     }
     let selection = if args.files.is_empty() { Selection::Default } else { Selection::Files(args.files.clone()) };
-    let req = SignImage { from, to: to.clone(), selection, signer, registries, work_dir: args.work_dir.clone(), audit: None, gzip_level: args.gzip_level, labels: Default::default() };
+    let req = SignImage {
+        from,
+        to: to.clone(),
+        selection,
+        signer,
+        registries,
+        work_dir: args.work_dir.clone(),
+        audit: None,
+        gzip_level: args.gzip_level,
+        labels: Default::default(),
+    };
 
     let verbose = std::io::stderr().is_terminal() || std::env::var_os("KFORGE_PROGRESS").is_some();
     let events: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e| report(&e, verbose));
@@ -107,7 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Asks the signing service to sign and push the image, printing its progress.
 fn run_remote(args: &Args) -> anyhow::Result<ExitCode> {
-    use kforge_proto::signer::v1::{sign_image_event::Event as E, SignImageRequest};
+    use kforge_proto::signer::v1::{SignImageRequest, sign_image_event::Event as E};
     let docker_config_json = match &args.auth_file {
         Some(f) => std::fs::read(f).with_context(|| format!("{}: cannot read credentials", f.display()))?,
         None => Vec::new(),

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use kforge_signer::{collect, BatchOptions, Certificate, Compression, Error, Inspection, SignatureInfo};
+use kforge_signer::{BatchOptions, Certificate, Compression, Error, Inspection, SignatureInfo, collect};
 use rayon::prelude::*;
 
 /// Arguments of `kforge verify`.
@@ -32,10 +32,7 @@ pub struct InspectArgs {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cert = Certificate::load(&args.cert)?;
     let (files, mut failures) = module_files(&args.paths);
-    let results: Vec<_> = files
-        .par_iter()
-        .map(|path| read(path).and_then(|bytes| kforge_signer::verify(&bytes, &cert).map_err(|e| e.at(path))))
-        .collect();
+    let results: Vec<_> = files.par_iter().map(|path| read(path).and_then(|bytes| kforge_signer::verify(&bytes, &cert).map_err(|e| e.at(path)))).collect();
     let mut ok = 0;
     for (path, result) in files.iter().zip(results) {
         match result {
@@ -95,7 +92,11 @@ fn print_fields(info: &kforge_signer::ModuleInfo, sig: Option<&SignatureInfo>) {
         }
         println!("  sig_key:      {}{}", sig.key_id, if sig.by_key_id { " (subject key identifier)" } else { "" });
         println!("  sig_hashalgo: {}", sig.hash);
-        println!("  signature:    PKCS#7, {} bytes{}", sig.cms_len, if sig.stacked > 1 { format!(", {} stacked signatures", sig.stacked) } else { String::new() });
+        println!(
+            "  signature:    PKCS#7, {} bytes{}",
+            sig.cms_len,
+            if sig.stacked > 1 { format!(", {} stacked signatures", sig.stacked) } else { String::new() }
+        );
     }
 }
 

@@ -54,9 +54,7 @@ impl DockerConfig {
             } else if let (Some(u), Some(p)) = (entry.get("username").and_then(|v| v.as_str()), entry.get("password").and_then(|v| v.as_str())) {
                 RegistryAuth::Basic(u.to_string(), p.to_string())
             } else if let Some(b64) = entry.get("auth").and_then(|v| v.as_str()) {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(b64.trim())
-                    .map_err(|e| bad(format!("auths.{host}.auth is not base64: {e}")))?;
+                let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| bad(format!("auths.{host}.auth is not base64: {e}")))?;
                 let text = String::from_utf8(decoded).map_err(|_| bad(format!("auths.{host}.auth is not UTF-8")))?;
                 let (u, p) = text.split_once(':').ok_or_else(|| bad(format!("auths.{host}.auth is not user:password")))?;
                 RegistryAuth::Basic(u.to_string(), p.to_string())

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::error::Error;
 use crate::manifest::{self, INDEX_OCI};
@@ -43,10 +43,11 @@ impl Layout {
     }
 
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf, Error> {
-        let hex = digest
-            .strip_prefix("sha256:")
-            .filter(|_| crate::digest::is_sha256(digest))
-            .ok_or_else(|| Error::Malformed { image: self.dir.display().to_string(), what: "descriptor", reason: format!("unsupported digest {digest:?}") })?;
+        let hex = digest.strip_prefix("sha256:").filter(|_| crate::digest::is_sha256(digest)).ok_or_else(|| Error::Malformed {
+            image: self.dir.display().to_string(),
+            what: "descriptor",
+            reason: format!("unsupported digest {digest:?}"),
+        })?;
         Ok(self.dir.join("blobs/sha256").join(hex))
     }
 
@@ -65,15 +66,27 @@ impl Layout {
                 let index = self.index()?;
                 let entries = index.get("manifests").and_then(Value::as_array).cloned().unwrap_or_default();
                 let found: Vec<&Value> = match reference {
-                    Some(tag) => entries.iter().filter(|m| m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1"))).and_then(Value::as_str) == Some(tag)).collect(),
+                    Some(tag) => entries
+                        .iter()
+                        .filter(|m| m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1"))).and_then(Value::as_str) == Some(tag))
+                        .collect(),
                     None => entries.iter().collect(),
                 };
                 match found.as_slice() {
-                    [one] => one.get("digest").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Error::Malformed { image: image.clone(), what: "index.json", reason: "descriptor without digest".into() })?,
+                    [one] => one.get("digest").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Error::Malformed {
+                        image: image.clone(),
+                        what: "index.json",
+                        reason: "descriptor without digest".into(),
+                    })?,
                     [] => {
                         return Err(Error::MissingFile { image, path: format!("tag {}", reference.unwrap_or("(any)")) });
                     }
-                    _ => return Err(Error::Reference { reference: format!("oci:{image}"), reason: "the layout holds several images: name one with :tag or @digest".into() }),
+                    _ => {
+                        return Err(Error::Reference {
+                            reference: format!("oci:{image}"),
+                            reason: "the layout holds several images: name one with :tag or @digest".into(),
+                        });
+                    }
                 }
             }
         };
@@ -121,10 +134,11 @@ impl Layout {
         if let Some(tag) = tag {
             descriptor["annotations"] = json!({ REF_NAME: tag });
         }
-        let entries = index
-            .get_mut("manifests")
-            .and_then(Value::as_array_mut)
-            .ok_or_else(|| Error::Malformed { image: self.dir.display().to_string(), what: "index.json", reason: "no manifests array".into() })?;
+        let entries = index.get_mut("manifests").and_then(Value::as_array_mut).ok_or_else(|| Error::Malformed {
+            image: self.dir.display().to_string(),
+            what: "index.json",
+            reason: "no manifests array".into(),
+        })?;
         entries.retain(|m| match tag {
             Some(tag) => manifest::annotation(m, REF_NAME) != Some(tag),
             None => m.get("digest").and_then(Value::as_str) != Some(digest.as_str()),

@@ -25,9 +25,9 @@ mod tree;
 
 pub use auth::DockerConfig;
 pub use error::{Error, Result};
-pub use pgzip::ParallelGz;
-pub use pipeline::{sign_image, AuditHook, Event, SignImage, SignedFile, SignedImage, DEFAULT_GZIP_LEVEL};
-pub use reference::ImageRef;
 pub use oci_client::secrets::RegistryAuth;
-pub use registry::{image_labels, resolve_digest, RegistryOptions, RegistryTls};
+pub use pgzip::ParallelGz;
+pub use pipeline::{AuditHook, DEFAULT_GZIP_LEVEL, Event, SignImage, SignedFile, SignedImage, sign_image};
+pub use reference::ImageRef;
+pub use registry::{RegistryOptions, RegistryTls, image_labels, resolve_digest};
 pub use select::Selection;

@@ -129,11 +129,13 @@ mod tests {
 
     #[test]
     fn classifies_documents_and_refuses_others() {
-        let d = Doc::parse(br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{},"layers":[]}"#, "i").expect("docker");
+        let d = Doc::parse(br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{},"layers":[]}"#, "i")
+            .expect("docker");
         assert_eq!((d.kind, d.new_layer_media_type()), (DocKind::Image, LAYER_DOCKER_GZIP));
         let d = Doc::parse(br#"{"schemaVersion":2,"manifests":[]}"#, "i").expect("oci index");
         assert_eq!((d.kind, d.media_type.as_str()), (DocKind::Index, INDEX_OCI));
-        let e = Doc::parse(br#"{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws"}"#, "img").expect_err("v1").to_string();
+        let e =
+            Doc::parse(br#"{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws"}"#, "img").expect_err("v1").to_string();
         assert!(e.starts_with("img: unsupported manifest media type"), "{e}");
     }
 }

@@ -42,12 +42,7 @@ impl<W: Write> ParallelGz<W> {
         self.header()?;
         let level = self.level;
         let n = self.pending.len();
-        let compressed: Vec<io::Result<Vec<u8>>> = self
-            .pending
-            .par_iter()
-            .enumerate()
-            .map(|(i, chunk)| deflate(chunk, level, last && i + 1 == n))
-            .collect();
+        let compressed: Vec<io::Result<Vec<u8>>> = self.pending.par_iter().enumerate().map(|(i, chunk)| deflate(chunk, level, last && i + 1 == n)).collect();
         for c in compressed {
             self.out.write_all(&c?)?;
         }

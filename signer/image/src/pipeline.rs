@@ -8,19 +8,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::{StreamExt, TryStreamExt, stream};
 use kforge_signer::Signer;
 use rayon::prelude::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::digest::HashingReader;
 use crate::error::Error;
 use crate::layer_append::{self, Entry, NewLayer};
 use crate::manifest::{self, Descriptor, Doc, DocKind};
+use crate::presign::{Failure, Presigner};
 use crate::reference::ImageRef;
 use crate::registry::RegistryOptions;
 use crate::select::Selection;
-use crate::presign::{Failure, Presigner};
 use crate::spool::Spool;
 use crate::store::Store;
 use crate::tree::{self, Kind, LayerChanges, Node, Tree, Whiteout};
@@ -187,7 +187,10 @@ pub async fn sign_image(req: &SignImage, events: Events) -> Result<SignedImage, 
                 }
                 let doc = Doc::parse(&child, &name)?;
                 if doc.kind != DocKind::Image {
-                    return Err(Error::UnsupportedMediaType { image: format!("{name} ({platform})"), media_type: format!("{} nested in an index", doc.media_type) });
+                    return Err(Error::UnsupportedMediaType {
+                        image: format!("{name} ({platform})"),
+                        media_type: format!("{} nested in an index", doc.media_type),
+                    });
                 }
                 let label = format!("{name} [{platform}]");
                 prepared.push(prepare(req, &src, &dst, &doc, &label, &platform, work.path(), &events).await?);
@@ -241,7 +244,11 @@ async fn prepare(req: &SignImage, src: &Store, dst: &Store, doc: &Doc, name: &st
     let mut copies = Vec::new();
     for layer in &layers {
         let present = dst.has_blob(&layer.digest).await?;
-        let tee = if present { None } else { Some(tempfile::Builder::new().prefix("blob-").tempfile_in(work).map_err(Error::io(work, "create a temporary file in"))?) };
+        let tee = if present {
+            None
+        } else {
+            Some(tempfile::Builder::new().prefix("blob-").tempfile_in(work).map_err(Error::io(work, "create a temporary file in"))?)
+        };
         let reader = src.blob(&layer.digest).await?;
         let bridge = tokio_util::io::SyncIoBridge::new(reader);
         let tee_file = tee.as_ref().map(|t| t.reopen()).transpose().map_err(Error::io(work, "open a temporary file"))?;
@@ -249,7 +256,11 @@ async fn prepare(req: &SignImage, src: &Store, dst: &Store, doc: &Doc, name: &st
         let (t, digest, size) = tokio::task::spawn_blocking(move || read_layer(bridge, tee_file, &ctx, tree)).await??;
         tree = t;
         if digest != layer.digest || size != layer.size {
-            return Err(Error::DigestMismatch { what: format!("{name} layer {} ({} bytes declared, {size} read)", layer.digest, layer.size), expected: layer.digest.clone(), actual: digest });
+            return Err(Error::DigestMismatch {
+                what: format!("{name} layer {} ({} bytes declared, {size} read)", layer.digest, layer.size),
+                expected: layer.digest.clone(),
+                actual: digest,
+            });
         }
         events(Event::Layer { digest: layer.digest.clone(), size });
         copies.push((layer.clone(), tee));
@@ -290,7 +301,11 @@ async fn prepare(req: &SignImage, src: &Store, dst: &Store, doc: &Doc, name: &st
     let mut m = doc.json.clone();
     m["config"]["digest"] = json!(config_digest);
     m["config"]["size"] = json!(config.len());
-    let layers_json = m.get_mut("layers").and_then(Value::as_array_mut).ok_or_else(|| Error::Malformed { image: name.into(), what: "manifest", reason: "no layers array".into() })?;
+    let layers_json = m.get_mut("layers").and_then(Value::as_array_mut).ok_or_else(|| Error::Malformed {
+        image: name.into(),
+        what: "manifest",
+        reason: "no layers array".into(),
+    })?;
     layers_json.push(json!({"mediaType": doc.new_layer_media_type(), "digest": layer.digest, "size": layer.size}));
     let manifest = Bytes::from(serde_json::to_vec(&m).map_err(|e| Error::Task(e.to_string()))?);
     Ok(Prepared { copies, layer, config, manifest, media_type: doc.media_type.clone(), signed })
@@ -302,7 +317,12 @@ async fn read_small_blob(src: &Store, d: &Descriptor, image: &str) -> Result<Byt
         return Err(Error::Malformed { image: image.into(), what: "config", reason: format!("{} bytes is too large for a config", d.size) });
     }
     let mut buf = Vec::with_capacity(d.size as usize);
-    src.blob(&d.digest).await?.take(d.size + 1).read_to_end(&mut buf).await.map_err(|cause| Error::Stream { what: format!("{image} config {}", d.digest), cause })?;
+    src.blob(&d.digest)
+        .await?
+        .take(d.size + 1)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|cause| Error::Stream { what: format!("{image} config {}", d.digest), cause })?;
     let actual = crate::digest::of(&buf);
     if actual != d.digest {
         return Err(Error::DigestMismatch { what: format!("{image} config"), expected: d.digest.clone(), actual });
@@ -312,7 +332,15 @@ async fn read_small_blob(src: &Store, d: &Descriptor, image: &str) -> Result<Byt
 
 /// Adds the new layer's diff_id and a history entry to the config.
 #[allow(clippy::too_many_arguments)]
-fn new_config(config: &[u8], layer: &NewLayer, files: usize, subject: &str, hash: &str, image: &str, labels: &std::collections::BTreeMap<String, String>) -> Result<Bytes, Error> {
+fn new_config(
+    config: &[u8],
+    layer: &NewLayer,
+    files: usize,
+    subject: &str,
+    hash: &str,
+    image: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<Bytes, Error> {
     let bad = |reason: &str| Error::Malformed { image: image.into(), what: "config", reason: reason.into() };
     let mut c: Value = serde_json::from_slice(config).map_err(|e| bad(&e.to_string()))?;
     if !labels.is_empty() {
@@ -459,13 +487,8 @@ fn read_layer(reader: impl Read, tee: Option<File>, ctx: &LayerCtx, mut tree: Tr
                 continue;
             }
             let h = entry.header();
-            let meta = |kind| Node {
-                kind,
-                mode: h.mode().unwrap_or(0o644),
-                uid: h.uid().unwrap_or(0),
-                gid: h.gid().unwrap_or(0),
-                mtime: h.mtime().unwrap_or(0),
-            };
+            let meta =
+                |kind| Node { kind, mode: h.mode().unwrap_or(0o644), uid: h.uid().unwrap_or(0), gid: h.gid().unwrap_or(0), mtime: h.mtime().unwrap_or(0) };
             let node = match h.entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let size = h.size().unwrap_or(0);
@@ -481,11 +504,19 @@ fn read_layer(reader: impl Read, tee: Option<File>, ctx: &LayerCtx, mut tree: Tr
                 }
                 tar::EntryType::Directory => meta(Kind::Dir),
                 tar::EntryType::Symlink => {
-                    let target = entry.link_name().map_err(|e| layer_err(format!("{path}: bad link: {e}")))?.map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+                    let target = entry
+                        .link_name()
+                        .map_err(|e| layer_err(format!("{path}: bad link: {e}")))?
+                        .map(|t| t.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     meta(Kind::Symlink(target))
                 }
                 tar::EntryType::Link => {
-                    let target = entry.link_name().map_err(|e| layer_err(format!("{path}: bad link: {e}")))?.map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+                    let target = entry
+                        .link_name()
+                        .map_err(|e| layer_err(format!("{path}: bad link: {e}")))?
+                        .map(|t| t.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     let target = tree::normalize(&target).map_err(|r| layer_err(format!("unsafe hard link {path}: {r}")))?;
                     let linked = changes.entries.iter().rev().find(|(p, _)| *p == target).map(|(_, n)| n.clone()).or_else(|| tree.get(&target).cloned());
                     match linked {
@@ -510,12 +541,21 @@ fn read_layer(reader: impl Read, tee: Option<File>, ctx: &LayerCtx, mut tree: Tr
 
 /// Collects the signatures of the selected files (signing any not started yet), audits them and
 /// reports them, in parallel.
-fn sign_selected(presign: &Presigner, selected: &[crate::select::Selected], image: &str, events: &Events, audit: Option<&AuditHook>) -> Result<Vec<Entry>, Error> {
+fn sign_selected(
+    presign: &Presigner,
+    selected: &[crate::select::Selected],
+    image: &str,
+    events: &Events,
+    audit: Option<&AuditHook>,
+) -> Result<Vec<Entry>, Error> {
     selected
         .par_iter()
         .map(|s| {
             let Kind::File { spool: Some(id), .. } = s.node.kind else {
-                return Err(Error::Escape { path: s.path.clone(), reason: format!("{image}: no layer holds this file's content (a hard link to a file outside the layer?)") });
+                return Err(Error::Escape {
+                    path: s.path.clone(),
+                    reason: format!("{image}: no layer holds this file's content (a hard link to a file outside the layer?)"),
+                });
             };
             let signed = presign.take(id).map_err(|f| match f {
                 Failure::Signer(error) => Error::Sign { image: image.into(), path: s.path.clone(), error: Box::new(error) },

@@ -230,7 +230,11 @@ impl RegistryRepo {
     /// Uploads a manifest or index at a tag or digest.
     pub async fn push_manifest(&self, bytes: &Bytes, media_type: &str, reference: &str) -> Result<(), Error> {
         let r = self.at(reference);
-        let content_type: http::HeaderValue = media_type.parse().map_err(|_| Error::Malformed { image: r.whole(), what: "manifest", reason: format!("media type {media_type:?} is not a valid header") })?;
+        let content_type: http::HeaderValue = media_type.parse().map_err(|_| Error::Malformed {
+            image: r.whole(),
+            what: "manifest",
+            reason: format!("media type {media_type:?} is not a valid header"),
+        })?;
         self.retry(&format!("push manifest {}", r.whole()), || self.client.push_manifest_raw(&r, bytes.clone(), content_type.clone())).await?;
         Ok(())
     }
@@ -272,14 +276,16 @@ pub async fn image_labels(image: &str, opts: &RegistryOptions) -> Result<Option<
     let mut doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     if let Some(list) = doc.get("manifests").and_then(|m| m.as_array()) {
         let amd64 = |m: &&serde_json::Value| m.pointer("/platform/architecture").and_then(|a| a.as_str()) == Some("amd64");
-        let chosen = list.iter().find(amd64).or(list.first()).and_then(|m| m.get("digest")).and_then(|d| d.as_str()).ok_or_else(|| bad("an empty index".into()))?;
+        let chosen =
+            list.iter().find(amd64).or(list.first()).and_then(|m| m.get("digest")).and_then(|d| d.as_str()).ok_or_else(|| bad("an empty index".into()))?;
         let (inner, _) = repo.manifest(chosen).await?;
         doc = serde_json::from_slice(&inner).map_err(|e| bad(e.to_string()))?;
     }
     let config = doc.pointer("/config/digest").and_then(|d| d.as_str()).ok_or_else(|| bad("no config".into()))?.to_string();
     let mut raw = Vec::new();
     repo.blob(&config).await?.take(16 << 20).read_to_end(&mut raw).await.map_err(|cause| Error::Stream { what: format!("{image} config"), cause })?;
-    let json: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| Error::Malformed { image: image.to_string(), what: "config", reason: e.to_string() })?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&raw).map_err(|e| Error::Malformed { image: image.to_string(), what: "config", reason: e.to_string() })?;
     let labels = json
         .pointer("/config/Labels")
         .and_then(|l| l.as_object())

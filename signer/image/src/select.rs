@@ -103,9 +103,7 @@ impl Selection {
                     } else {
                         match tree.resolve(f)? {
                             Some((real, node)) if matches!(node.kind, Kind::File { .. }) => add(real, node),
-                            Some((real, _)) => {
-                                return Err(Error::Escape { path: f.clone(), reason: format!("{real} is not a regular file") })
-                            }
+                            Some((real, _)) => return Err(Error::Escape { path: f.clone(), reason: format!("{real} is not a regular file") }),
                             None => return Err(Error::MissingFile { image: image.into(), path: f.clone() }),
                         }
                     }
@@ -161,7 +159,10 @@ mod tests {
 
     #[test]
     fn default_takes_modules_under_opt_lib_modules_only() {
-        let t = tree(&["/opt/lib/modules/6.1/extra/a.ko", "/opt/lib/modules/6.1/b.ko.xz", "/opt/lib/modules/6.1/modules.dep", "/lib/modules/6.1/c.ko"], &[("/opt/lib/modules/6.1/alias.ko", "extra/a.ko")]);
+        let t = tree(
+            &["/opt/lib/modules/6.1/extra/a.ko", "/opt/lib/modules/6.1/b.ko.xz", "/opt/lib/modules/6.1/modules.dep", "/lib/modules/6.1/c.ko"],
+            &[("/opt/lib/modules/6.1/alias.ko", "extra/a.ko")],
+        );
         let got: Vec<String> = Selection::Default.select(&t, "img").expect("ok").into_iter().map(|s| s.path).collect();
         assert_eq!(got, ["/opt/lib/modules/6.1/b.ko.xz", "/opt/lib/modules/6.1/extra/a.ko"]);
         assert!(Selection::Default.wants("/opt/lib/modules/6.1/x.ko.zst"));

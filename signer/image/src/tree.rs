@@ -21,7 +21,10 @@ pub(crate) struct Node {
 pub(crate) enum Kind {
     Dir,
     /// A regular file; `spool` is set when its content was kept for signing.
-    File { spool: Option<usize>, size: u64 },
+    File {
+        spool: Option<usize>,
+        size: u64,
+    },
     Symlink(String),
     Other,
 }
@@ -142,10 +145,9 @@ impl Tree {
                 let mut depth = current.len();
                 for p in target.split('/').filter(|p| !p.is_empty() && *p != ".") {
                     if p == ".." {
-                        depth = depth.checked_sub(1).ok_or_else(|| Error::Escape {
-                            path: path.into(),
-                            reason: format!("symlink {link} -> {target} points outside the image root"),
-                        })?;
+                        depth = depth
+                            .checked_sub(1)
+                            .ok_or_else(|| Error::Escape { path: path.into(), reason: format!("symlink {link} -> {target} points outside the image root") })?;
                     } else {
                         depth += 1;
                     }

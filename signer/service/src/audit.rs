@@ -73,10 +73,7 @@ impl AuditLog {
         let file = OpenOptions::new().create(true).append(true).read(true).open(path).map_err(Error::io(path, "open audit log"))?;
         drop_partial_line(&file, path)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(1024);
-        std::thread::Builder::new()
-            .name("kforge-audit".into())
-            .spawn(move || writer(file, rx))
-            .map_err(Error::io(path, "start the audit writer for"))?;
+        std::thread::Builder::new().name("kforge-audit".into()).spawn(move || writer(file, rx)).map_err(Error::io(path, "start the audit writer for"))?;
         Ok(AuditLog { tx, path: path.into() })
     }
 

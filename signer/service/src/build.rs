@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kforge_builder::{build_and_sign, BuildOutput, BuildSign, Builder, BuilderOptions, BuildSpec, Daemon, Endpoint, Event, InputFile, SignStep};
+use kforge_builder::{BuildOutput, BuildSign, BuildSpec, Builder, BuilderOptions, Daemon, Endpoint, Event, InputFile, SignStep, build_and_sign};
 use kforge_dtk::{KernelVars, Resolver};
 use kforge_image::{DockerConfig, RegistryOptions, RegistryTls, Selection};
-use kforge_signer::{Signer, SignerIdentifier};
 use kforge_proto::builder::v1 as pb;
 use kforge_proto::builder::v1::builder_server::Builder as BuilderApi;
-use tokio::sync::{mpsc, OnceCell};
+use kforge_signer::{Signer, SignerIdentifier};
+use tokio::sync::{OnceCell, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -130,7 +130,9 @@ impl BuilderApi for BuildService {
         }
         let tls = req.registry_tls.unwrap_or_default();
         if tls.insecure_skip_tls_verify {
-            return Err(Status::invalid_argument("registry_tls.insecure_skip_tls_verify: BuildKit takes certificate settings from its own configuration (buildkitd.toml or the engine's certs.d); use insecure for plain HTTP"));
+            return Err(Status::invalid_argument(
+                "registry_tls.insecure_skip_tls_verify: BuildKit takes certificate settings from its own configuration (buildkitd.toml or the engine's certs.d); use insecure for plain HTTP",
+            ));
         }
         // KMM's variables are expanded (as KMM does) when the request names a kernel.
         let vars = (!req.kernel.is_empty()).then(|| KernelVars::new(&req.kernel, &req.module_name, &req.module_namespace));
@@ -158,7 +160,11 @@ impl BuilderApi for BuildService {
         let spec = (!req.dockerfile.is_empty()).then(|| BuildSpec {
             image: image.clone(),
             dockerfile: req.dockerfile.clone(),
-            context: req.context.iter().map(|f| InputFile { path: f.path.clone(), mode: if f.mode == 0 { 0o644 } else { f.mode }, data: f.data.to_vec() }).collect(),
+            context: req
+                .context
+                .iter()
+                .map(|f| InputFile { path: f.path.clone(), mode: if f.mode == 0 { 0o644 } else { f.mode }, data: f.data.to_vec() })
+                .collect(),
             build_args,
             target: (!req.target.is_empty()).then(|| req.target.clone()),
             secrets: req.secrets.iter().map(|s| (s.name.clone(), s.data.to_vec())).collect(),
@@ -247,10 +253,15 @@ impl BuildService {
     ) -> Result<Response<ReceiverStream<Result<pb::BuildEvent, Status>>>, Status> {
         let state = &self.state;
         let request_id = state.request_id();
-        let hash = if sign.hash.is_empty() { kforge_signer::HashAlgorithm::Sha256 } else { sign.hash.parse().map_err(|e: kforge_signer::Error| Status::invalid_argument(e.to_string()))? };
+        let hash = if sign.hash.is_empty() {
+            kforge_signer::HashAlgorithm::Sha256
+        } else {
+            sign.hash.parse().map_err(|e: kforge_signer::Error| Status::invalid_argument(e.to_string()))?
+        };
         let (signing, key_name, audit) = if !sign.key_pem.is_empty() {
             let pkey = openssl::pkey::PKey::private_key_from_pem(&sign.key_pem).map_err(|e| Status::invalid_argument(format!("sign.key_pem: {e}")))?;
-            let cert = kforge_signer::Certificate::from_bytes(&sign.cert, std::path::Path::new("sign.cert")).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let cert =
+                kforge_signer::Certificate::from_bytes(&sign.cert, std::path::Path::new("sign.cert")).map_err(|e| Status::invalid_argument(e.to_string()))?;
             let key = kforge_signer::SigningKey::new(pkey, cert, std::path::Path::new("sign.key_pem")).map_err(|e| Status::invalid_argument(e.to_string()))?;
             (key, "caller's key".to_string(), None)
         } else {

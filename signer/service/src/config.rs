@@ -162,11 +162,7 @@ impl KeyConfig {
                     return Ok((dir.join(k), dir.join(c)));
                 }
             }
-            return Err(Error::Invalid(format!(
-                "key {:?}: {} holds neither key+cert (KMM) nor tls.key+tls.crt (kubernetes.io/tls)",
-                self.name,
-                dir.display()
-            )));
+            return Err(Error::Invalid(format!("key {:?}: {} holds neither key+cert (KMM) nor tls.key+tls.crt (kubernetes.io/tls)", self.name, dir.display())));
         }
         match (&self.key, &self.cert) {
             (Some(k), Some(c)) => Ok((k.clone(), c.clone())),
@@ -240,7 +236,14 @@ impl Config {
             audit_log: data_dir.join("audit.jsonl"),
             tls: None,
             tokens: vec![],
-            keys: vec![KeyConfig { name: "dev".into(), key: Some(key), cert: Some(cert), secret_dir: None, passphrase_file: None, allow: vec!["anonymous".into(), "*".into()] }],
+            keys: vec![KeyConfig {
+                name: "dev".into(),
+                key: Some(key),
+                cert: Some(cert),
+                secret_dir: None,
+                passphrase_file: None,
+                allow: vec!["anonymous".into(), "*".into()],
+            }],
             limits: Limits::default(),
             registry_auth_file: None,
             key_reload_seconds: default_reload(),
@@ -252,10 +255,7 @@ impl Config {
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), Error> {
         if self.tls.is_none() && !self.listen.ip().is_loopback() {
-            return Err(Error::Invalid(format!(
-                "listen = {} without TLS: plain-text gRPC is only allowed on loopback; configure [tls]",
-                self.listen
-            )));
+            return Err(Error::Invalid(format!("listen = {} without TLS: plain-text gRPC is only allowed on loopback; configure [tls]", self.listen)));
         }
         if self.keys.is_empty() {
             return Err(Error::Invalid("no [[keys]] configured".into()));

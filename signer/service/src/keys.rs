@@ -32,11 +32,16 @@ impl Key {
             }
             None => None,
         };
-        let signing = SigningKey::load(&key, &cert, passphrase.as_deref())
-            .map_err(|e| Error::Key { name: cfg.name.clone(), error: Box::new(e.into()) })?;
+        let signing = SigningKey::load(&key, &cert, passphrase.as_deref()).map_err(|e| Error::Key { name: cfg.name.clone(), error: Box::new(e.into()) })?;
         let mut files = vec![key, cert];
         files.extend(cfg.passphrase_file.clone());
-        let files = files.into_iter().map(|f| { let m = modified(&f); (f, m) }).collect();
+        let files = files
+            .into_iter()
+            .map(|f| {
+                let m = modified(&f);
+                (f, m)
+            })
+            .collect();
         Ok(Key { name: cfg.name.clone(), signing, allow: cfg.allow.clone(), files })
     }
 

@@ -20,4 +20,4 @@ mod time;
 
 pub use config::{BuilderConfig, Config, KeyConfig, Limits, TlsConfig, TokenConfig};
 pub use error::{Error, Result};
-pub use server::{serve, Running};
+pub use server::{Running, serve};

@@ -29,9 +29,10 @@ impl Limiter {
 
     /// A slot for one request, or RESOURCE_EXHAUSTED at once when all are taken.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
-        self.in_flight.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!("the signer is serving its limit of {} requests; retry later", self.max))
-        })
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted(format!("the signer is serving its limit of {} requests; retry later", self.max)))
     }
 
     /// Takes one signature from the identity's token bucket (capacity twice the rate).

@@ -12,7 +12,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::error::Error;
@@ -81,7 +81,11 @@ impl Drop for InFlight {
 }
 
 /// Serves `GET /metrics` and `GET /healthz` until the task is dropped.
-pub(crate) async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<dyn Fn() -> bool + Send + Sync>) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::Serve { what: format!("bind metrics on {addr}"), cause: e.to_string() })?;
     let local = listener.local_addr().map_err(|e| Error::Serve { what: "metrics address".into(), cause: e.to_string() })?;
     let task = tokio::spawn(async move {

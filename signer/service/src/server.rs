@@ -62,7 +62,11 @@ fn read(path: &std::path::Path, what: &'static str) -> Result<Vec<u8>, Error> {
 pub async fn serve(config: Config) -> Result<Running, Error> {
     config.validate()?;
     let keys_cfg = config.keys.clone();
-    let keys = Arc::new(tokio::task::spawn_blocking(move || KeyStore::load(&keys_cfg)).await.map_err(|e| Error::Serve { what: "loading keys".into(), cause: e.to_string() })??);
+    let keys = Arc::new(
+        tokio::task::spawn_blocking(move || KeyStore::load(&keys_cfg))
+            .await
+            .map_err(|e| Error::Serve { what: "loading keys".into(), cause: e.to_string() })??,
+    );
     keys.watch(Duration::from_secs(config.key_reload_seconds.max(1)));
     let audit = AuditLog::open(&config.audit_log)?;
     let metrics = Arc::new(Metrics::new());
@@ -94,10 +98,7 @@ pub async fn serve(config: Config) -> Result<Running, Error> {
 
     // Modules are large: wide HTTP/2 windows and big frames avoid a flow-control round trip and a
     // wake-up every 64 KiB.
-    let mut builder = Server::builder()
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(32 << 20)
-        .max_frame_size(1 << 20);
+    let mut builder = Server::builder().initial_stream_window_size(8 << 20).initial_connection_window_size(32 << 20).max_frame_size(1 << 20);
     if let Some(tls) = &config.tls {
         let identity = Identity::from_pem(read(&tls.cert, "read TLS certificate")?, read(&tls.key, "read TLS key")?);
         let mut tls_cfg = ServerTlsConfig::new().identity(identity);
@@ -109,7 +110,8 @@ pub async fn serve(config: Config) -> Result<Running, Error> {
         builder = builder.tls_config(tls_cfg).map_err(|e| Error::Serve { what: "TLS configuration".into(), cause: e.to_string() })?;
     }
 
-    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| Error::Serve { what: format!("bind {}", config.listen), cause: e.to_string() })?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|e| Error::Serve { what: format!("bind {}", config.listen), cause: e.to_string() })?;
     let addr = listener.local_addr().map_err(|e| Error::Serve { what: "listen address".into(), cause: e.to_string() })?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
 

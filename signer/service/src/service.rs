@@ -1,7 +1,7 @@
 //! `kforge.signer.v1.Signer`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use kforge_proto::signer::v1 as pb;
@@ -34,7 +34,14 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub fn new(keys: Arc<KeyStore>, auth: Authenticator, audit: AuditLog, limits: Limits, metrics: Arc<Metrics>, registries: kforge_image::RegistryOptions) -> Self {
+    pub fn new(
+        keys: Arc<KeyStore>,
+        auth: Authenticator,
+        audit: AuditLog,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        registries: kforge_image::RegistryOptions,
+    ) -> Self {
         State { keys, auth, audit, limiter: Limiter::new(&limits), metrics, limits, registries, next_request: AtomicU64::new(1) }
     }
 
@@ -138,9 +145,8 @@ impl SignerApi for SignerService {
                                 return;
                             }
                         }
-                        let refused = (start.size > max).then(|| {
-                            Status::resource_exhausted(format!("module {:?} is {} bytes, over this signer's limit of {max}", start.id, start.size))
-                        });
+                        let refused = (start.size > max)
+                            .then(|| Status::resource_exhausted(format!("module {:?} is {} bytes, over this signer's limit of {max}", start.id, start.size)));
                         // Room for the module and its signature, so signing appends without copying.
                         let capacity = if refused.is_none() { start.size as usize + 8192 } else { 0 };
                         current = Some(Incoming { start, bytes: Vec::with_capacity(capacity), refused });
@@ -215,14 +221,26 @@ impl SignerApi for SignerService {
 
         let (tx, rx) = mpsc::channel(64);
         let hook = state.audit_hook(&request_id, caller.name(), &key.name);
-        let request = kforge_image::SignImage { from, to, selection, signer, registries, work_dir: None, audit: Some(hook), gzip_level: kforge_image::DEFAULT_GZIP_LEVEL, labels: Default::default() };
+        let request = kforge_image::SignImage {
+            from,
+            to,
+            selection,
+            signer,
+            registries,
+            work_dir: None,
+            audit: Some(hook),
+            gzip_level: kforge_image::DEFAULT_GZIP_LEVEL,
+            labels: Default::default(),
+        };
         let events_tx = tx.clone();
         let events: Arc<dyn Fn(kforge_image::Event) + Send + Sync> = Arc::new(move |e| {
             let msg = match e {
                 kforge_image::Event::Signed { path } => pb::sign_image_event::Event::Signed(path),
                 kforge_image::Event::Image { platform, layers } => pb::sign_image_event::Event::Progress(format!("reading {platform}: {layers} layers")),
                 kforge_image::Event::Blob { digest, how, size } => pb::sign_image_event::Event::Progress(format!("blob {digest} {how} ({size} bytes)")),
-                kforge_image::Event::Manifest { digest, tag } => pb::sign_image_event::Event::Progress(format!("pushed manifest {digest}{}", tag.map(|t| format!(" as {t}")).unwrap_or_default())),
+                kforge_image::Event::Manifest { digest, tag } => {
+                    pb::sign_image_event::Event::Progress(format!("pushed manifest {digest}{}", tag.map(|t| format!(" as {t}")).unwrap_or_default()))
+                }
                 kforge_image::Event::Layer { digest, size } => pb::sign_image_event::Event::Progress(format!("read layer {digest} ({size} bytes)")),
             };
             // Progress is best effort: a slow client must not stall signing.
@@ -239,7 +257,12 @@ impl SignerApi for SignerService {
                         state.metrics.record(&key.name, "signed", started, 0);
                     }
                     Ok(pb::SignImageEvent {
-                        event: Some(pb::sign_image_event::Event::Done(pb::SignImageDone { digest: done.digest, media_type: done.media_type, files: done.signed, uploaded: done.uploaded })),
+                        event: Some(pb::sign_image_event::Event::Done(pb::SignImageDone {
+                            digest: done.digest,
+                            media_type: done.media_type,
+                            files: done.signed,
+                            uploaded: done.uploaded,
+                        })),
                     })
                 }
                 Err(e) => {
@@ -262,8 +285,10 @@ impl SignerApi for SignerService {
                 let keys = state.keys.snapshot();
                 keys.get(&name).map(|k| k.signing.certificate().clone()).ok_or_else(|| Status::not_found(format!("no key named {name:?} on this signer")))?
             }
-            Some(pb::verify_request::Against::Certificate(bytes)) => kforge_signer::Certificate::from_bytes(&bytes, std::path::Path::new("request certificate"))
-                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            Some(pb::verify_request::Against::Certificate(bytes)) => {
+                kforge_signer::Certificate::from_bytes(&bytes, std::path::Path::new("request certificate"))
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?
+            }
             None => return Err(Status::invalid_argument("name a key or give a certificate to verify against")),
         };
         let v = tokio::task::spawn_blocking(move || kforge_signer::verify(&r.module, &cert))
@@ -314,7 +339,13 @@ fn image_status(e: &kforge_image::Error) -> Status {
 }
 
 /// Authorises, signs, audits (fsync'd) and returns the signed module.
-async fn sign_one(state: &Arc<State>, caller: &Caller, request_id: &str, start: pb::ModuleStart, bytes: Vec<u8>) -> Result<(pb::SignedModule, bytes::Bytes), Status> {
+async fn sign_one(
+    state: &Arc<State>,
+    caller: &Caller,
+    request_id: &str,
+    start: pb::ModuleStart,
+    bytes: Vec<u8>,
+) -> Result<(pb::SignedModule, bytes::Bytes), Status> {
     let started = Instant::now();
     let key = state.key_for(&start.key, caller, request_id).await?;
     state.limiter.take_signature(caller.name())?;
