@@ -100,3 +100,86 @@ stop_dockerd_and_registry() {
     fi
     rm -f "$W/docker.sock" "$W/docker.pid"
 }
+
+# --- Standalone buildkitd (for scripts that set W and have started the registry: uses $reg) ---
+# The pinned buildkitd and buildctl that tests/peers/build.sh builds into
+# <cache>/bin/buildkit-<BUILDKIT_VERSION of tests/peers/versions.env>/; sets BUILDKITD, BUILDCTL and
+# buildkit_version, or dies naming tests/peers/build.sh.
+find_buildkit() {
+    local cache bin
+    cache=${KFORGE_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kforge-tests}
+    buildkit_version=$(. "$repo/tests/peers/versions.env" && echo "${BUILDKIT_VERSION:-}")
+    [[ -n $buildkit_version ]] || die "no BUILDKIT_VERSION in tests/peers/versions.env"
+    bin=$cache/bin/buildkit-$buildkit_version
+    BUILDKITD=$bin/buildkitd BUILDCTL=$bin/buildctl
+    [[ -x $BUILDKITD && -x $BUILDCTL ]] ||
+        die "no buildkitd/buildctl $buildkit_version in $bin: run tests/peers/build.sh first (it builds the pinned peers into the test cache)"
+}
+
+# buildctl against the private buildkitd.
+bk() { "$BUILDCTL" --addr "unix://$W/buildkitd/buildkitd.sock" "$@"; }
+
+# Starts the pinned buildkitd as tests/support/buildkitd.rs does: the OCI worker with Debian's runc
+# (no containerd), state in $W/buildkitd/state, socket $W/buildkitd/buildkitd.sock, the registry
+# $reg marked plain HTTP; log in $W/logs/buildkitd.log; waits until `buildctl debug workers`
+# answers; sets buildkitd_pid. Needs root (runc) and find_buildkit.
+start_buildkitd() {
+    [[ $(id -u) == 0 ]] || die "buildkitd's OCI worker needs root"
+    [[ -x /usr/sbin/runc ]] || die "/usr/sbin/runc missing (Debian: runc)"
+    [[ -n ${BUILDKITD:-} ]] || find_buildkit
+    local root=$W/buildkitd
+    ((${#root} + 16 < 108)) || die "$root is too long for a unix socket path: set BENCH_DIR to a shorter directory"
+    mkdir -p "$root"
+    cat >"$root/buildkitd.toml" <<TOML
+[worker.oci]
+  enabled = true
+  binary = "/usr/sbin/runc"
+
+[worker.containerd]
+  enabled = false
+
+[registry."$reg"]
+  http = true
+TOML
+    log "starting buildkitd $buildkit_version ($BUILDKITD)"
+    env -u BUILDKIT_HOST -u DOCKER_CONFIG "$BUILDKITD" --config "$root/buildkitd.toml" --root "$root/state" \
+        --addr "unix://$root/buildkitd.sock" </dev/null >"$W/logs/buildkitd.log" 2>&1 &
+    buildkitd_pid=$!
+    echo "$buildkitd_pid" >"$root/buildkitd.pid"
+    for _ in $(seq 300); do
+        [[ -S $root/buildkitd.sock ]] && bk debug workers >/dev/null 2>&1 && return 0
+        kill -0 "$buildkitd_pid" 2>/dev/null || { tail -30 "$W/logs/buildkitd.log" >&2; die "buildkitd exited during start-up"; }
+        sleep 0.2
+    done
+    tail -30 "$W/logs/buildkitd.log" >&2
+    die "buildkitd did not answer within 60 s"
+}
+
+# For EXIT traps (turns errexit off): stops the buildkitd started above (by its pidfile, even from an
+# earlier run: SIGTERM, SIGKILL after 20 s), SIGKILLs processes left naming its state directory (runc
+# containers of an interrupted step), lazily unmounts what is mounted under it and, unless KEEP is
+# set, removes it.
+stop_buildkitd() {
+    set +e
+    local root=$W/buildkitd pid=${buildkitd_pid:-} left
+    [[ -f $root/buildkitd.pid ]] && pid=$(cat "$root/buildkitd.pid")
+    # Only a buildkitd of this state directory (a stale pidfile's number may belong to another process now).
+    if [[ -n $pid ]] && [[ $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") == *"--root $root/state"* ]]; then
+        kill "$pid"
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -0 "$pid" 2>/dev/null && { log "buildkitd $pid did not stop within 20 s: killing it"; kill -9 "$pid"; }
+        wait "$pid" 2>/dev/null
+    fi
+    if [[ -d $root ]]; then
+        for left in /proc/[0-9]*; do
+            pid=${left#/proc/}
+            [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
+            [[ $(tr '\0' ' ' 2>/dev/null <"$left/cmdline") == *"$root/state"* ]] || continue
+            log "killing process $pid left behind in $root/state"
+            kill -9 "$pid"
+        done
+        findmnt -rn -o TARGET | grep -F -- "$root/" | sort -r | xargs -r -n1 umount -l
+        [[ -n ${KEEP:-} ]] || rm -rf "$root"
+    fi
+    rm -f "$root/buildkitd.sock" "$root/buildkitd.pid"
+}
