@@ -391,7 +391,8 @@ impl Service {
             .expect("start kforge serve");
         let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
         let first = lines.next().and_then(Result::ok).unwrap_or_default();
-        let addr = first.strip_prefix("kforge signer listening on ").unwrap_or_else(|| panic!("kforge serve did not start: {first}")).to_string();
+        let addr =
+            first.strip_prefix("kforge serves the signer and the builder on ").unwrap_or_else(|| panic!("kforge serve did not start: {first}")).to_string();
         let _metrics = lines.next();
         let builder_line = lines.next().and_then(Result::ok).unwrap_or_default();
         assert!(builder_line.contains(buildkit), "{builder_line}");

@@ -324,7 +324,7 @@ fn the_service_builds_and_signs_with_its_own_key_and_audits() {
         .spawn()
         .expect("serve");
     let first = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines().next().and_then(Result::ok).unwrap_or_default();
-    let addr = first.strip_prefix("kforge signer listening on ").unwrap_or_else(|| panic!("serve did not start: {first}")).to_string();
+    let addr = first.strip_prefix("kforge serves the signer and the builder on ").unwrap_or_else(|| panic!("serve did not start: {first}")).to_string();
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {

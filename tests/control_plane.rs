@@ -256,7 +256,7 @@ fn image_stream_resource() -> ApiResource {
 /// A small image of its own (a file naming it) pushed as `repo:tag`: (tag reference, digest reference).
 fn push_image(registry: &Registry, work: &Path, repo: &str, tag: &str) -> (String, String) {
     let layout = work.join(format!("{repo}-{tag}"));
-    write_image(&layout, "v", &Image::oci(vec![vec![file("/etc/kforge-dtk", format!("{repo}:{tag}\n").into_bytes())]]));
+    write_image(&layout, "v", &Image::oci(vec![vec![file("/etc/kforge-kmm", format!("{repo}:{tag}\n").into_bytes())]]));
     let reference = format!("{}/{repo}:{tag}", registry.host());
     skopeo_copy(&format!("oci:{}:v", layout.display()), &format!("docker://{reference}"), &registry.skopeo_dest_flags());
     let digest = ok(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}"]).args(registry.skopeo_flags()).arg(format!("docker://{reference}")));
@@ -425,7 +425,7 @@ fn dtk_auto_resolves_through_a_real_api_server() {
     let first = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines().next().and_then(Result::ok).unwrap_or_default();
     let _serve = Serve(child);
     let addr = first
-        .strip_prefix("kforge signer listening on ")
+        .strip_prefix("kforge serves the signer and the builder on ")
         .unwrap_or_else(|| panic!("kforge serve did not start: {first:?}\n{}", support::peers::tail(&serve_log, 30)))
         .to_string();
     rt.block_on(async {

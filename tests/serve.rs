@@ -27,7 +27,7 @@ impl Server {
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         reader.read_line(&mut line).expect("read");
-        let Some(addr) = line.trim().strip_prefix("kforge signer listening on ").map(str::to_string) else {
+        let Some(addr) = line.trim().strip_prefix("kforge serves the signer and the builder on ").map(str::to_string) else {
             let _ = child.kill();
             let out = child.wait_with_output().expect("wait");
             panic!("kforge serve did not start: {line}\n{}", text(&out.stderr));

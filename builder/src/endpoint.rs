@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::docker;
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::session::{self, SessionData};
 
 /// The Docker engine socket `docker://` means.
@@ -113,7 +113,7 @@ impl Endpoint {
 
 /// A connection to BuildKit: the Control client and what is needed to open sessions.
 #[derive(Clone)]
-pub struct Daemon {
+pub struct Connection {
     endpoint: Endpoint,
     control: ControlClient<Channel>,
 }
@@ -140,10 +140,10 @@ fn read_pem(path: &PathBuf, what: &'static str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(Error::io(path, what))
 }
 
-impl Daemon {
+impl Connection {
     /// Connects and checks that BuildKit answers.
-    pub async fn connect(endpoint: &Endpoint) -> Result<Daemon> {
-        let unavailable = |cause: String| Error::Unavailable { endpoint: endpoint.to_string(), cause };
+    pub async fn connect(endpoint: &Endpoint) -> Result<Connection> {
+        let unavailable = |source: BoxError| Error::Unavailable { endpoint: endpoint.to_string(), source };
         let base = |uri: &'static str| {
             tonic::transport::Endpoint::from_static(uri)
                 .connect_timeout(Duration::from_secs(10))
@@ -154,7 +154,7 @@ impl Daemon {
         let channel = match endpoint {
             Endpoint::Docker { socket } => {
                 // Fails early with the engine's own answer if the socket is not a Docker engine.
-                docker::version(socket).await.map_err(|e| unavailable(e.to_string()))?;
+                docker::version(socket).await.map_err(|e| unavailable(e.into()))?;
                 let socket = socket.clone();
                 base("http://docker")
                     .connect_with_connector(tower::service_fn(move |_| {
@@ -197,14 +197,14 @@ impl Daemon {
                 ep.connect().await
             }
         }
-        .map_err(|e| unavailable(chain(&e)))?;
+        .map_err(|e| unavailable(e.into()))?;
         let control = ControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-        Ok(Daemon { endpoint: endpoint.clone(), control })
+        Ok(Connection { endpoint: endpoint.clone(), control })
     }
 
-    /// A Daemon over an existing channel (for tests and protocol doubles).
-    pub fn from_channel(endpoint: Endpoint, channel: Channel) -> Daemon {
-        Daemon { endpoint, control: ControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE) }
+    /// A Connection over an existing channel (for tests and protocol doubles).
+    pub fn from_channel(endpoint: Endpoint, channel: Channel) -> Connection {
+        Connection { endpoint, control: ControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE) }
     }
 
     /// The endpoint.
@@ -238,11 +238,41 @@ impl Daemon {
             .unwrap_or_else(|| "BuildKit (version not reported)".into()))
     }
 
+    /// Streams image `name` out of the Docker engine's store in `docker save` format (the way a
+    /// build exported with [`crate::Output::Engine`] reaches the signer without being pushed).
+    pub async fn export_engine_image(&self, name: &str) -> Result<impl tokio::io::AsyncRead + Send + Unpin + 'static> {
+        use futures_util::TryStreamExt;
+        use http_body_util::BodyExt;
+        let Endpoint::Docker { socket } = &self.endpoint else {
+            return Err(Error::Request(format!("{} is not a Docker engine: only an engine keeps built images in its own store", self.endpoint)));
+        };
+        let what = format!("export {name} from the engine");
+        let fail = |source: BoxError| Error::Protocol { endpoint: self.endpoint.to_string(), what: what.clone(), source };
+        let resp = docker::get(socket, &format!("/images/{name}/get")).await.map_err(|e| fail(e.into()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(fail(format!("{status}: {}", String::from_utf8_lossy(&body).trim()).into()));
+        }
+        let stream = resp.into_body().into_data_stream().map_err(std::io::Error::other);
+        Ok(tokio_util::io::StreamReader::new(stream))
+    }
+
+    /// Removes image `name` from the Docker engine's store.
+    pub async fn remove_engine_image(&self, name: &str) -> Result<()> {
+        let Endpoint::Docker { socket } = &self.endpoint else { return Ok(()) };
+        docker::remove_image(socket, name).await.map_err(|e| Error::Protocol {
+            endpoint: self.endpoint.to_string(),
+            what: format!("remove {name} from the engine"),
+            source: e.into(),
+        })
+    }
+
     /// Maps a gRPC status from a call to the daemon.
     pub(crate) fn status_error(&self, what: &str, s: tonic::Status) -> Error {
         match s.code() {
-            tonic::Code::Unavailable => Error::Unavailable { endpoint: self.endpoint.to_string(), cause: s.message().to_string() },
-            _ => Error::Protocol { endpoint: self.endpoint.to_string(), what: what.to_string(), cause: format!("{}: {}", s.code(), s.message()) },
+            tonic::Code::Unavailable => Error::Unavailable { endpoint: self.endpoint.to_string(), source: Box::new(s) },
+            _ => Error::Protocol { endpoint: self.endpoint.to_string(), what: what.to_string(), source: Box::new(s) },
         }
     }
 
@@ -255,7 +285,7 @@ impl Daemon {
                 let http_headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 let io = docker::upgrade(socket, "/session", &http_headers)
                     .await
-                    .map_err(|e| Error::Unavailable { endpoint: self.endpoint.to_string(), cause: format!("cannot open a session: {e}") })?;
+                    .map_err(|e| Error::Unavailable { endpoint: self.endpoint.to_string(), source: format!("cannot open a session: {e}").into() })?;
                 tokio::spawn(session::serve(io, data))
             }
             _ => {
@@ -349,7 +379,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("none.sock");
         for ep in [Endpoint::Unix { socket: sock.clone() }, Endpoint::Docker { socket: sock.clone() }] {
-            let e = Daemon::connect(&ep).await.err().expect("must fail").to_string();
+            let e = Connection::connect(&ep).await.err().expect("must fail").to_string();
             assert!(e.contains("unreachable") && e.contains(&sock.display().to_string()), "{e}");
         }
     }

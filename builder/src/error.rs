@@ -81,22 +81,30 @@ pub enum Error {
         reason: String,
     },
     /// BuildKit (or the Docker engine) cannot be reached.
-    #[error("BuildKit at {endpoint} is unreachable: {cause}; check the address (--buildkit / BUILDKIT_HOST) and that the daemon is running")]
+    #[error("BuildKit at {endpoint} is unreachable; check the address and that the daemon is running")]
     Unavailable {
         /// The endpoint.
         endpoint: String,
         /// The underlying error.
-        cause: String,
+        #[source]
+        source: BoxError,
     },
     /// The daemon answered, but not as BuildKit.
-    #[error("{endpoint}: {what}: {cause}")]
+    #[error("{endpoint}: {what}")]
     Protocol {
         /// The endpoint.
         endpoint: String,
         /// What kforge was doing.
         what: String,
         /// The answer.
-        cause: String,
+        #[source]
+        source: BoxError,
+    },
+    /// The build was cancelled by BuildKit (or by its operator) before it finished.
+    #[error("the build on {endpoint} was cancelled")]
+    Cancelled {
+        /// The endpoint.
+        endpoint: String,
     },
     /// A bad build request.
     #[error("invalid build request: {0}")]
@@ -138,9 +146,6 @@ pub enum Error {
     /// The error of a build this request shared with another.
     #[error(transparent)]
     Shared(std::sync::Arc<Error>),
-    /// Registry access (existence checks) failed.
-    #[error(transparent)]
-    Registry(#[from] kforge_image::Error),
 }
 
 impl Error {
@@ -150,6 +155,9 @@ impl Error {
         move |source| Error::Io { path, action, source }
     }
 }
+
+/// A cause of any type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Result with the builder's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -8,24 +8,23 @@
 
 #![warn(missing_docs)]
 
+mod builder;
+mod credentials;
 mod docker;
 mod endpoint;
 mod error;
 mod events;
-mod export;
 mod llb;
-mod pipeline;
 mod session;
-mod shared;
 mod solve;
 
-pub use endpoint::{DEFAULT_DOCKER_SOCKET, Daemon, Endpoint, TlsFiles};
-pub use error::{BuildFailure, Error, FailureKind, Result};
+pub use builder::{BuildHandle, Builder, BuilderOptions, DEFAULT_DEADLINE};
+pub use credentials::{Anonymous, Credentials};
+pub use endpoint::{Connection, DEFAULT_DOCKER_SOCKET, Endpoint, TlsFiles};
+pub use error::{BoxError, BuildFailure, Error, FailureKind, Result};
 pub use events::{Event, PlainPrinter, Step};
 pub use llb::InputFile;
-pub use pipeline::{BuildSign, INPUTS_LABEL, SignStep, build_and_sign};
-pub use shared::{BuildHandle, Builder, BuilderOptions};
-pub use solve::{BuildOutput, BuildSpec, build};
+pub use solve::{BuildSpec, Output, Target, solve};
 
 /// A process-unique, hard-to-guess identifier with a prefix (session ids, build references).
 pub(crate) fn unique_id(prefix: &str) -> String {

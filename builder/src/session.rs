@@ -5,24 +5,30 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kforge_image::DockerConfig;
-use kforge_image::RegistryAuth;
 use kforge_proto::buildkit::moby::buildkit::secrets::v1::secrets_server::{Secrets, SecretsServer};
 use kforge_proto::buildkit::moby::buildkit::secrets::v1::{GetSecretRequest, GetSecretResponse};
 use kforge_proto::buildkit::moby::filesync::v1::auth_server::{Auth, AuthServer};
 use kforge_proto::buildkit::moby::filesync::v1::{CredentialsRequest, CredentialsResponse};
 use tonic::{Request, Response, Status};
 
+use crate::credentials::{Anonymous, Credentials};
+
 /// The gRPC methods a session serves, announced to BuildKit when it opens.
 pub(crate) const METHODS: [&str; 3] = ["/grpc.health.v1.Health/Check", "/moby.filesync.v1.Auth/Credentials", "/moby.buildkit.secrets.v1.Secrets/GetSecret"];
 
 /// What the session hands out.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct SessionData {
     /// Build secrets by id.
     pub secrets: Arc<BTreeMap<String, Vec<u8>>>,
     /// Registry credentials by host.
-    pub credentials: Arc<DockerConfig>,
+    pub credentials: Arc<dyn Credentials>,
+}
+
+impl Default for SessionData {
+    fn default() -> Self {
+        SessionData { secrets: Arc::default(), credentials: Arc::new(Anonymous) }
+    }
 }
 
 /// The headers (HTTP for a Docker engine, gRPC metadata for buildkitd) that open a session.
@@ -52,18 +58,14 @@ impl Secrets for SecretStore {
     }
 }
 
-struct CredentialStore(Arc<DockerConfig>);
+struct CredentialStore(Arc<dyn Credentials>);
 
 #[tonic::async_trait]
 impl Auth for CredentialStore {
     async fn credentials(&self, req: Request<CredentialsRequest>) -> Result<Response<CredentialsResponse>, Status> {
         let host = req.into_inner().host;
-        let resp = match self.0.auth_for(&host) {
-            RegistryAuth::Basic(username, secret) => CredentialsResponse { username, secret },
-            // An identity token goes in Secret with no username.
-            RegistryAuth::Bearer(token) => CredentialsResponse { username: String::new(), secret: token },
-            RegistryAuth::Anonymous => CredentialsResponse::default(),
-        };
+        // An identity token goes in Secret with no username.
+        let resp = self.0.lookup(&host).map(|(username, secret)| CredentialsResponse { username, secret }).unwrap_or_default();
         tracing::debug!(%host, anonymous = resp.secret.is_empty(), "registry credentials asked for");
         Ok(Response::new(resp))
     }
@@ -108,7 +110,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_secrets_and_credentials() {
-        let creds = DockerConfig::parse(br#"{"auths":{"reg.example:5000":{"username":"u","password":"p"}}}"#, "cfg".as_ref()).expect("config");
+        let creds: BTreeMap<String, (String, String)> = [("reg.example:5000".to_string(), ("u".to_string(), "p".to_string()))].into();
         let data = SessionData { secrets: Arc::new([("token".to_string(), b"s3cr3t".to_vec())].into_iter().collect()), credentials: Arc::new(creds) };
         let ch = session(data).await;
         let got = SecretsClient::new(ch.clone()).get_secret(GetSecretRequest { id: "token".into(), ..Default::default() }).await.expect("secret");

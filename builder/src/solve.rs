@@ -6,12 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use kforge_image::{DockerConfig, ImageRef, RegistryAuth};
 use kforge_proto::buildkit::moby::buildkit::v1::{Exporter, SolveRequest, StatusRequest, StatusResponse};
+use oci_client::Reference;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::endpoint::{Daemon, chain};
+use crate::credentials::{Anonymous, Credentials};
+use crate::endpoint::{Connection, chain};
 use crate::error::{BuildFailure, Error, FailureKind, Result};
 use crate::events::{Event, Step};
 use crate::llb::{self, InputFile};
@@ -21,7 +22,7 @@ use crate::session::SessionData;
 const LOG_TAIL: usize = 15;
 
 /// What to build.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct BuildSpec {
     /// Target image (`registry/repo:tag`); the result is pushed there.
     pub image: String,
@@ -36,7 +37,7 @@ pub struct BuildSpec {
     /// Build secrets by id, for `RUN --mount=type=secret,id=…`.
     pub secrets: BTreeMap<String, Vec<u8>>,
     /// Registry credentials, served through the session (base pulls, pushes).
-    pub credentials: Arc<DockerConfig>,
+    pub credentials: Arc<dyn Credentials>,
     /// Push to the target registry over plain HTTP.
     pub insecure_registry: bool,
     /// Give `RUN` steps network access (off by default: module builds need none).
@@ -47,11 +48,49 @@ pub struct BuildSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+impl Default for BuildSpec {
+    fn default() -> Self {
+        BuildSpec {
+            image: String::new(),
+            dockerfile: String::new(),
+            context: Vec::new(),
+            build_args: BTreeMap::new(),
+            target: None,
+            secrets: BTreeMap::new(),
+            credentials: Arc::new(Anonymous),
+            insecure_registry: false,
+            network: false,
+            no_cache: false,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for BuildSpec {
+    /// Everything but the secrets' contents and the credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildSpec")
+            .field("image", &self.image)
+            .field("dockerfile_bytes", &self.dockerfile.len())
+            .field("context_files", &self.context.len())
+            .field("build_args", &self.build_args)
+            .field("target", &self.target)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("insecure_registry", &self.insecure_registry)
+            .field("network", &self.network)
+            .field("no_cache", &self.no_cache)
+            .field("labels", &self.labels)
+            .finish()
+    }
+}
+
 impl BuildSpec {
     /// A hash over every input of the build (secrets included, by content): equal hashes mean the
-    /// same build. Credentials and transport settings are not part of it.
+    /// same build. Credentials and transport settings are not part of it. The encoding is explicit
+    /// and versioned: each field a tag, a little-endian length and the bytes, in a fixed order.
     pub fn inputs_hash(&self) -> String {
         let mut h = Sha256::new();
+        h.update(b"kforge build inputs v2\0");
         let mut field = |tag: &str, bytes: &[u8]| {
             h.update(tag.as_bytes());
             h.update((bytes.len() as u64).to_le_bytes());
@@ -84,36 +123,29 @@ impl BuildSpec {
     }
 }
 
-/// A pushed image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildOutput {
-    /// Digest reference: `registry/repo@sha256:…`.
-    pub image: String,
-    /// The manifest digest.
-    pub digest: String,
-    /// Whether nothing was built because the target already existed.
-    pub skipped: bool,
-}
-
 /// The target, split and normalised (`registry/repo`, `tag`).
-pub(crate) struct Target {
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Registry host (`registry.example:5000`).
     pub registry: String,
+    /// Repository path.
     pub repository: String,
+    /// Tag (`latest` when none was given).
     pub tag: String,
 }
 
 impl Target {
+    /// Parses `registry/repo[:tag]`; digests and `oci:` layouts are refused.
     pub fn parse(image: &str) -> Result<Target> {
         let bad = |reason: String| Error::Request(format!("target image {image:?}: {reason}"));
-        match image.parse::<ImageRef>().map_err(|e| bad(e.to_string()))? {
-            ImageRef::Registry(r) => {
-                if r.digest().is_some() {
-                    return Err(bad("a build pushes to a tag; give registry/repo:tag, not a digest".into()));
-                }
-                Ok(Target { registry: r.registry().to_string(), repository: r.repository().to_string(), tag: r.tag().unwrap_or("latest").to_string() })
-            }
-            ImageRef::Layout { .. } => Err(bad("builds push to a registry; oci: layouts are not a build target".into())),
+        if image.starts_with("oci:") {
+            return Err(bad("builds push to a registry; oci: layouts are not a build target".into()));
         }
+        let r: Reference = image.parse().map_err(|e: oci_client::ParseError| bad(e.to_string()))?;
+        if r.digest().is_some() {
+            return Err(bad("a build pushes to a tag; give registry/repo:tag, not a digest".into()));
+        }
+        Ok(Target { registry: r.registry().to_string(), repository: r.repository().to_string(), tag: r.tag().unwrap_or("latest").to_string() })
     }
 
     /// `registry/repo` as engines and BuildKit name it.
@@ -194,8 +226,8 @@ impl Drop for AbortOnDrop {
 }
 
 /// Where a solve's result goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Output {
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Output {
     /// Pushed to the target tag.
     Push,
     /// Into the Docker engine's image store under this name, not pushed.
@@ -204,16 +236,10 @@ pub(crate) enum Output {
     PushByDigest,
 }
 
-/// Builds `spec` on `daemon` and pushes the result; events go to `events` as they happen.
-/// Dropping the future cancels the solve.
-pub async fn build(daemon: &Daemon, spec: &BuildSpec, events: &UnboundedSender<Event>) -> Result<BuildOutput> {
-    let target = Target::parse(&spec.image)?;
-    let digest = solve(daemon, spec, &Output::Push, events).await?.unwrap_or_default();
-    Ok(BuildOutput { image: format!("{}@{digest}", target.name()), digest, skipped: false })
-}
-
-/// Runs the solve and delivers the result as `output` says; returns the pushed digest, if pushed.
-pub(crate) async fn solve(daemon: &Daemon, spec: &BuildSpec, output: &Output, events: &UnboundedSender<Event>) -> Result<Option<String>> {
+/// Builds `spec` on `daemon` and delivers the result as `output` says; returns the pushed digest
+/// (`None` for [`Output::Engine`]). Events go to `events` as they happen; dropping the future
+/// cancels the solve.
+pub async fn solve(daemon: &Connection, spec: &BuildSpec, output: &Output, events: &UnboundedSender<Event>) -> Result<Option<String>> {
     let target = Target::parse(&spec.image)?;
     if *output == Output::PushByDigest && daemon.endpoint().is_docker() {
         return Err(Error::Request("a Docker engine cannot push by digest; export to the engine instead".into()));
@@ -323,11 +349,7 @@ pub(crate) async fn solve(daemon: &Daemon, spec: &BuildSpec, output: &Output, ev
         return Ok(None);
     }
     let digest = if let crate::Endpoint::Docker { socket } = daemon.endpoint() {
-        let (user, password) = match spec.credentials.auth_for(&target.registry) {
-            RegistryAuth::Basic(u, p) => (u, p),
-            RegistryAuth::Bearer(t) => (String::new(), t),
-            RegistryAuth::Anonymous => (String::new(), String::new()),
-        };
+        let (user, password) = spec.credentials.lookup(&target.registry).unwrap_or_default();
         let auth = crate::docker::registry_auth_header(&target.registry, &user, &password);
         crate::docker::push(socket, &target.name(), &target.tag, &auth, |line| {
             let _ = events.send(Event::Push(line.to_string()));
@@ -337,14 +359,14 @@ pub(crate) async fn solve(daemon: &Daemon, spec: &BuildSpec, output: &Output, ev
         response.exporter_response.get("containerimage.digest").cloned().ok_or_else(|| Error::Protocol {
             endpoint: daemon.endpoint().to_string(),
             what: format!("export of {}", spec.image),
-            cause: "BuildKit reported no containerimage.digest".into(),
+            source: "BuildKit reported no containerimage.digest".into(),
         })?
     };
     Ok(Some(digest))
 }
 
 /// Describes a failed solve: the step, its last log lines, and what kind of failure it was.
-fn failure(daemon: &Daemon, image: &str, status: &tonic::Status, seen: &Seen) -> Error {
+fn failure(daemon: &Connection, image: &str, status: &tonic::Status, seen: &Seen) -> Error {
     let message = status.message().trim().to_string();
     if matches!(status.code(), tonic::Code::Unavailable) || (status.code() == tonic::Code::Unknown && looks_interrupted(&message)) {
         // The transport's own causes (broken pipe, reset) say more than tonic's summary.
@@ -354,7 +376,7 @@ fn failure(daemon: &Daemon, image: &str, status: &tonic::Status, seen: &Seen) ->
         return Error::Build { image: image.to_string(), failure: Box::new(failure) };
     }
     if status.code() == tonic::Code::Cancelled && message.is_empty() {
-        return Error::Unavailable { endpoint: daemon.endpoint().to_string(), cause: "the build was cancelled".into() };
+        return Error::Cancelled { endpoint: daemon.endpoint().to_string() };
     }
     let step = seen.failed.as_ref().and_then(|d| seen.names.get(d)).cloned();
     let logs = seen.failed.as_ref().and_then(|d| seen.logs.get(d)).map(|t| t.iter().cloned().collect()).unwrap_or_default();
@@ -439,7 +461,7 @@ mod tests {
         let t = Target::parse("127.0.0.1:5000/mods/hello:6.1").expect("parses");
         assert_eq!((t.name().as_str(), t.tag.as_str()), ("127.0.0.1:5000/mods/hello", "6.1"));
         assert_eq!(Target::parse("127.0.0.1:5000/mods/hello").expect("no tag").tag, "latest");
-        let e = Target::parse("r.example/x@sha256:0000000000000000000000000000000000000000000000000000000000000000").err().expect("digest").to_string();
+        let e = Target::parse("r.example/x@sha256:0000000000000000000000000000000000000000000000000000000000000000").expect_err("digest").to_string();
         assert!(e.contains("not a digest"), "{e}");
         assert!(Target::parse("oci:/tmp/x").is_err());
     }

@@ -1,6 +1,7 @@
 //! `kforge`: build and sign kernel-module images. This binary holds the CLI.
 
 mod commands;
+mod hints;
 mod progress;
 mod remote;
 

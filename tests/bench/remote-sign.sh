@@ -63,7 +63,7 @@ TOML
 "$KFORGE" serve --config "$run/kforge.toml" >"$run/serve.out" 2>"$run/serve.err" &
 server_pid=$!
 for _ in $(seq 100); do grep -q 'listening on' "$run/serve.out" 2>/dev/null && break; sleep 0.05; done
-addr=$(sed -n 's/^kforge signer listening on //p' "$run/serve.out")
+addr=$(sed -n 's/^kforge serves the signer and the builder on //p' "$run/serve.out")
 [[ -n $addr ]] || { cat "$run/serve.err" >&2; die "kforge serve did not start"; }
 log "service on https://$addr"
 

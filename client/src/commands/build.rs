@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use kforge_builder::{BuildSpec, Builder, BuilderOptions, Daemon, Endpoint, Event, InputFile, PlainPrinter, TlsFiles};
-use kforge_image::DockerConfig;
+use kforge_builder::{Builder, BuilderOptions, Connection, Endpoint, Event, InputFile, PlainPrinter, TlsFiles};
+use kforge_image::{DockerConfig, RegistryOptions};
+use kforge_kmm::{DockerCredentials, KmmBuild, KmmRequest};
 
 /// Context files go inline in the build request; keep them to sources, not artefacts.
 const MAX_CONTEXT_BYTES: u64 = 32 << 20;
@@ -104,28 +105,38 @@ impl BuildArgs {
         Ok(DockerConfig::load_or_environment(self.auth_file.as_deref())?)
     }
 
-    /// The build of `image` these arguments describe (extra build args win over none).
-    pub fn spec(&self, image: &str, extra_args: BTreeMap<String, String>) -> anyhow::Result<BuildSpec> {
+    /// The build these arguments describe (KMM's build section).
+    pub fn kmm_build(&self) -> anyhow::Result<KmmBuild> {
         let file = self.file.as_ref().context("--file (the Dockerfile) is required")?;
         let dockerfile = std::fs::read_to_string(file).with_context(|| format!("cannot read the Dockerfile {}", file.display()))?;
-        let mut args = extra_args;
-        args.extend(build_args(&self.build_args)?);
-        Ok(BuildSpec {
-            image: image.to_string(),
+        Ok(KmmBuild {
             dockerfile,
             context: match &self.context {
                 Some(dir) => context_files(dir)?,
                 None => Vec::new(),
             },
-            build_args: args,
+            build_args: build_args(&self.build_args)?.into_iter().collect(),
             target: self.target.clone(),
             secrets: secrets(&self.secrets)?,
-            credentials: Arc::new(self.credentials()?),
-            insecure_registry: self.insecure,
+            credentials: Arc::new(DockerCredentials(self.credentials()?)),
+            insecure: self.insecure,
             network: self.network,
             no_cache: self.no_cache,
-            labels: Default::default(),
         })
+    }
+
+    /// Registry access for existence checks, unsigned images and pushes.
+    pub fn registries(&self) -> anyhow::Result<RegistryOptions> {
+        let mut registries = RegistryOptions { credentials: self.credentials()?, ..Default::default() };
+        registries.tls.insecure = self.insecure;
+        Ok(registries)
+    }
+
+    /// Connects to BuildKit; a builder with these arguments' deadline.
+    pub async fn builder(&self) -> anyhow::Result<Builder> {
+        let endpoint = self.endpoint()?;
+        let connection = Connection::connect(&endpoint).await.context(crate::hints::BUILDKIT)?;
+        Ok(Builder::new(connection, BuilderOptions { deadline: self.deadline() }))
     }
 
     /// The build deadline.
@@ -199,28 +210,50 @@ fn context_files(dir: &Path) -> anyhow::Result<Vec<InputFile>> {
 
 /// Builds, pushes and prints the digest reference.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let endpoint = args.build.endpoint()?;
-    let spec = args.build.spec(&args.to, BTreeMap::new())?;
+    let request = KmmRequest {
+        kernel: String::new(),
+        module_name: String::new(),
+        namespace: String::new(),
+        image: args.to.clone(),
+        build: Some(args.build.kmm_build()?),
+        sign: None,
+        registries: args.build.registries()?,
+        force: args.force,
+        attempts: 1,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let started = Instant::now();
     let out = runtime.block_on(async {
-        let daemon = Daemon::connect(&endpoint).await?;
-        let builder = Builder::new(daemon, BuilderOptions { deadline: args.build.deadline() });
-        let mut handle = builder.start(spec, args.force)?;
-        let mut view = View::new(&args.build.progress);
-        while let Some(event) = handle.next_event().await {
-            view.show(&event);
-        }
-        view.finish();
-        handle.finish().await
+        let request = request.prepare(None).await.map_err(crate::hints::kmm)?.request;
+        let builder = args.build.builder().await?;
+        run_with_progress(&args.build.progress, |tx| async move { kforge_kmm::run(Some(&builder), &request, &tx).await }).await
     })?;
-    if out.skipped {
-        eprintln!("{} exists ({}); not rebuilt (--force rebuilds)", args.to, out.digest);
+    if out.reused {
+        eprintln!("{} exists, built from the same inputs ({}); not rebuilt (--force rebuilds)", args.to, out.digest);
     } else {
         eprintln!("built and pushed {} in {:.1}s", args.to, started.elapsed().as_secs_f64());
     }
     println!("{}", out.image);
     write_digest(args.digest_file.as_deref(), &out.image)
+}
+
+/// Runs `work` with an event channel, showing its events as they come.
+pub async fn run_with_progress<F, Fut>(progress: &str, work: F) -> anyhow::Result<kforge_kmm::Outcome>
+where
+    F: FnOnce(tokio::sync::mpsc::UnboundedSender<Event>) -> Fut,
+    Fut: std::future::Future<Output = Result<kforge_kmm::Outcome, kforge_kmm::Error>>,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut view = View::new(progress);
+    let work = work(tx);
+    let show = async {
+        while let Some(e) = rx.recv().await {
+            view.show(&e);
+        }
+    };
+    let (result, ()) = tokio::join!(work, show);
+    view.finish();
+    result.map_err(crate::hints::kmm)
 }
 
 /// Writes the digest reference to `path`, if given.

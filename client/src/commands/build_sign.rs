@@ -1,19 +1,16 @@
 //! `kforge build-sign`: one request, a signed image — KMM's build and sign sections for one kernel,
 //! with `DTK_AUTO` resolved, the modules signed in-process and the signed image pushed once.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use kforge_builder::{BuildSign, Daemon, SignStep, build_and_sign};
-use kforge_dtk::KernelVars;
-use kforge_image::{RegistryOptions, Selection};
+use kforge_kmm::{KmmRequest, KmmSign, uses_dtk_auto};
 
 use super::KeyArgs;
-use super::build::{BuildArgs, View, write_digest};
+use super::build::{BuildArgs, run_with_progress, write_digest};
 use super::dtk::DtkArgs;
 
 /// Arguments of `kforge build-sign`.
@@ -66,8 +63,6 @@ pub struct Args {
 
 /// Resolves, builds, signs, pushes; prints the digest reference.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let vars = KernelVars::new(&args.kernel, &args.module_name, &args.namespace);
-    let image = vars.expand(&args.to).context("--to")?;
     let sign = match (&args.key, &args.cert) {
         (Some(key), Some(cert)) => {
             let keys = KeyArgs {
@@ -77,62 +72,51 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 key_id: false,
                 passphrase_file: args.passphrase_file.clone(),
             };
-            let files = args.files.iter().map(|f| vars.expand(f)).collect::<Result<Vec<_>, _>>().context("--files")?;
-            Some(SignStep {
-                signer: Arc::new(keys.signer()?),
-                selection: if files.is_empty() { Selection::Default } else { Selection::Files(files) },
-                audit: None,
-            })
+            Some(KmmSign { signer: Arc::new(keys.signer()?), files_to_sign: args.files.clone(), unsigned_image: args.unsigned_image.clone(), audit: None })
         }
+        (None, None) if args.unsigned_image.is_some() => anyhow::bail!("--unsigned-image needs --key and --cert: an unsigned image is only signed"),
         (None, None) => None,
         _ => anyhow::bail!("--key and --cert go together"),
     };
-    let unsigned_image = args.unsigned_image.as_deref().map(|u| vars.expand(u)).transpose().context("--unsigned-image")?;
-    let endpoint = args.build.endpoint()?;
-    let credentials = args.build.credentials()?;
-    let mut registries = RegistryOptions { credentials, ..Default::default() };
-    registries.tls.insecure = args.build.insecure;
+    let build = if args.build.file.is_some() { Some(args.build.kmm_build()?) } else { None };
+    let registries = args.build.registries()?;
+    let needs_dtk = build.as_ref().is_some_and(|b| uses_dtk_auto(&b.dockerfile) && !b.build_args.iter().any(|(k, _)| k == "DTK_AUTO"));
+    let request = KmmRequest {
+        kernel: args.kernel.clone(),
+        module_name: args.module_name.clone(),
+        namespace: args.namespace.clone(),
+        image: args.to.clone(),
+        build,
+        sign,
+        registries: registries.clone(),
+        force: args.force,
+        attempts: args.attempts,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     let started = Instant::now();
-    let out = runtime.block_on(async {
-        let build = if args.build.file.is_some() {
-            // The user's arguments with variables expanded, then KMM's (which win, as in KMM); then DTK_AUTO.
-            let mut spec = args.build.spec(&image, BTreeMap::new())?;
-            for v in spec.build_args.values_mut() {
-                *v = vars.expand(v)?;
-            }
-            spec.build_args.extend(vars.build_args());
-            if spec.dockerfile.contains("DTK_AUTO") && !spec.build_args.contains_key("DTK_AUTO") {
-                let resolved = args.dtk.resolver(registries.clone()).await?.resolve_for(&vars).await?;
-                eprintln!("DTK_AUTO = {} ({}: {})", resolved.image, resolved.source, resolved.detail);
-                spec.build_args.insert("DTK_AUTO".into(), resolved.image);
-            }
-            Some(spec)
-        } else {
-            None
+    let (image, out) = runtime.block_on(async {
+        let resolver = if needs_dtk { Some(args.dtk.resolver(registries).await?) } else { None };
+        let prepared = request.prepare(resolver.as_ref()).await.map_err(crate::hints::kmm)?;
+        if let Some(dtk) = &prepared.dtk {
+            eprintln!("DTK_AUTO = {} ({}: {})", dtk.image, dtk.source, dtk.detail);
+        }
+        let request = prepared.request;
+        let builder = match &request.source {
+            kforge_kmm::Source::Dockerfile(_) => Some(args.build.builder().await?),
+            kforge_kmm::Source::Unsigned(_) => None,
         };
-        let request = BuildSign { image: image.clone(), build, unsigned_image, sign, registries, force: args.force, attempts: args.attempts };
-        let daemon = if request.build.is_some() { Some(Daemon::connect(&endpoint).await?) } else { None };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut view = View::new(&args.build.progress);
-        let work = async {
-            let result = tokio::time::timeout(args.build.deadline(), build_and_sign(daemon.as_ref(), &request, &tx))
+        let deadline = args.build.deadline();
+        let image = request.image.clone();
+        let out = run_with_progress(&args.build.progress, |tx| async move {
+            tokio::time::timeout(deadline, kforge_kmm::run(builder.as_ref(), &request, &tx))
                 .await
-                .unwrap_or_else(|_| Err(kforge_builder::Error::Deadline { image: image.clone(), seconds: args.build.deadline().as_secs() }));
-            drop(tx);
-            result
-        };
-        let show = async {
-            while let Some(e) = rx.recv().await {
-                view.show(&e);
-            }
-        };
-        let (result, ()) = tokio::join!(work, show);
-        view.finish();
-        anyhow::Ok(result?)
+                .unwrap_or_else(|_| Err(kforge_kmm::Error::Deadline { image: request.image.clone(), seconds: deadline.as_secs() }))
+        })
+        .await?;
+        anyhow::Ok((image, out))
     })?;
-    if out.skipped {
+    if out.reused {
         eprintln!("{image} is up to date ({})", out.digest);
     } else {
         eprintln!("{image}: done in {:.1}s", started.elapsed().as_secs_f64());

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use kforge_dtk::{DtkConfig, KernelVars, MappingConfig, RegistryLookup, Resolver};
 use kforge_image::RegistryOptions;
+use kforge_kmm::{DtkConfig, KernelVars, MappingConfig, RegistryLookup, Resolver};
 
 /// Where `DTK_AUTO` may come from.
 #[derive(Debug, clap::Args)]

@@ -69,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => "metrics disabled".to_string(),
         };
         // One write, errors ignored: whoever started us may stop reading after the address.
-        let banner = format!("kforge signer listening on {}\n{metrics}\n{builder_line}\n", running.addr);
+        let banner = format!("kforge serves the signer and the builder on {}\n{metrics}\n{builder_line}\n", running.addr);
         let _ = std::io::stdout().lock().write_all(banner.as_bytes());
         let stop = running.shutdown_handle();
         tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! OCI image layouts on disk (`oci:DIR[:tag]`): `oci-layout`, `index.json`, `blobs/sha256/…`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -117,6 +117,28 @@ impl Layout {
         Ok(())
     }
 
+    /// Stores a blob streamed from `reader`, gzip-compressed (in parallel) at `gzip` if given;
+    /// returns its digest and size. `what` names the source in errors.
+    pub fn put_blob_stream(&self, mut reader: impl Read, gzip: Option<u32>, what: &str) -> Result<(String, u64), Error> {
+        let dir = self.dir.join("blobs/sha256");
+        let tmp = tempfile::Builder::new().prefix(".kforge-").tempfile_in(&dir).map_err(Error::io(&dir, "create a temporary file in"))?;
+        let file = tmp.reopen().map_err(Error::io(tmp.path(), "open"))?;
+        let mut out = Hashing { inner: std::io::BufWriter::with_capacity(1 << 20, file), hasher: sha2::Sha256::default(), size: 0 };
+        let copied = match gzip {
+            Some(level) => {
+                let mut gz = crate::pgzip::ParallelGz::new(&mut out, flate2::Compression::new(level));
+                std::io::copy(&mut reader, &mut gz).and_then(|_| gz.finish().map(|_| ()))
+            }
+            None => std::io::copy(&mut reader, &mut out).map(|_| ()),
+        };
+        copied.and_then(|()| out.flush()).map_err(Error::io(what, "copy into the layout"))?;
+        let (size, digest) = (out.size, format!("sha256:{}", hex::encode(sha2::Digest::finalize(out.hasher))));
+        readable(tmp.as_file(), tmp.path())?;
+        let dst = self.blob_path(&digest)?;
+        tmp.persist(&dst).map_err(|e| Error::Io { path: dst.clone(), op: "store blob", cause: e.error })?;
+        Ok((digest, size))
+    }
+
     pub fn put_blob_bytes(&self, bytes: &[u8], digest: &str) -> Result<(), Error> {
         let dst = self.blob_path(digest)?;
         if dst.is_file() {
@@ -146,6 +168,26 @@ impl Layout {
         entries.push(descriptor);
         write_atomic(&self.dir.join("index.json"), index.to_string().as_bytes())?;
         Ok(digest)
+    }
+}
+
+/// Counts and hashes what passes through.
+struct Hashing<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

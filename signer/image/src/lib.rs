@@ -9,6 +9,7 @@
 
 mod auth;
 mod digest;
+pub mod docker_save;
 mod error;
 mod layer_append;
 mod layout;

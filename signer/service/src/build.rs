@@ -1,13 +1,12 @@
 //! `kforge.builder.v1.Builder`: builds through BuildKit for remote callers, with the service's
 //! TLS, client identities and registry credentials.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kforge_builder::{BuildOutput, BuildSign, BuildSpec, Builder, BuilderOptions, Daemon, Endpoint, Event, InputFile, SignStep, build_and_sign};
-use kforge_dtk::{KernelVars, Resolver};
-use kforge_image::{DockerConfig, RegistryOptions, RegistryTls, Selection};
+use kforge_builder::{Builder, BuilderOptions, Connection, Endpoint, Event, InputFile};
+use kforge_image::{DockerConfig, RegistryOptions, RegistryTls};
+use kforge_kmm::{DockerCredentials, KmmBuild, KmmRequest, KmmSign, Outcome, Resolver};
 use kforge_proto::builder::v1 as pb;
 use kforge_proto::builder::v1::builder_server::Builder as BuilderApi;
 use kforge_signer::{Signer, SignerIdentifier};
@@ -30,7 +29,7 @@ pub(crate) struct BuildService {
 
 /// A DTK_AUTO resolver for the `[dtk]` configuration; the Kubernetes API is used when reachable
 /// (in-cluster or KUBECONFIG) and the configuration needs it.
-pub(crate) async fn dtk_resolver(config: kforge_dtk::DtkConfig, registries: RegistryOptions) -> Result<Arc<Resolver>, Error> {
+pub(crate) async fn dtk_resolver(config: kforge_kmm::DtkConfig, registries: RegistryOptions) -> Result<Arc<Resolver>, Error> {
     let client = if config.openshift || config.configmap.is_some() {
         match kube::Client::try_default().await {
             Ok(c) => Some(c),
@@ -42,7 +41,7 @@ pub(crate) async fn dtk_resolver(config: kforge_dtk::DtkConfig, registries: Regi
     } else {
         None
     };
-    let lookup = Arc::new(kforge_dtk::RegistryLookup::new(registries));
+    let lookup = Arc::new(kforge_kmm::RegistryLookup::new(registries));
     Resolver::new(config, client, lookup).map(Arc::new).map_err(|e| Error::Invalid(format!("[dtk] {e}")))
 }
 
@@ -57,8 +56,8 @@ impl BuildService {
         };
         self.builder
             .get_or_try_init(|| async {
-                let daemon = Daemon::connect(endpoint).await.map_err(|e| Status::unavailable(e.to_string()))?;
-                Ok(Builder::new(daemon, BuilderOptions { deadline: Duration::from_secs(cfg.deadline_seconds.max(1)) }))
+                let connection = Connection::connect(endpoint).await.map_err(|e| Status::unavailable(crate::error::chain(&e)))?;
+                Ok(Builder::new(connection, BuilderOptions { deadline: Duration::from_secs(cfg.deadline_seconds.max(1)) }))
             })
             .await
     }
@@ -80,30 +79,6 @@ impl BuildService {
     }
 }
 
-/// The caller's build arguments (KMM's variables expanded), then the ones KMM injects for the
-/// kernel, module and namespace, which win as they do in KMM.
-fn kmm_args(req: &pb::BuildRequest, vars: Option<&KernelVars>) -> Result<BTreeMap<String, String>, Status> {
-    let mut args = BTreeMap::new();
-    for a in &req.build_args {
-        let value = match vars {
-            Some(v) => v.expand(&a.value).map_err(|e| Status::invalid_argument(format!("build arg {}: {e}", a.name)))?,
-            None => a.value.clone(),
-        };
-        args.insert(a.name.clone(), value);
-    }
-    match vars {
-        Some(v) => args.extend(v.build_args()),
-        None => {
-            for (name, value) in [("MOD_NAME", &req.module_name), ("MOD_NAMESPACE", &req.module_namespace)] {
-                if !value.is_empty() {
-                    args.insert(name.to_string(), value.clone());
-                }
-            }
-        }
-    }
-    Ok(args)
-}
-
 fn event_of(e: Event) -> Option<pb::BuildEvent> {
     use pb::build_event::Event as E;
     let event = match e {
@@ -123,6 +98,8 @@ impl BuilderApi for BuildService {
 
     async fn build(&self, req: Request<pb::BuildRequest>) -> Result<Response<Self::BuildStream>, Status> {
         let caller = self.authorize(&req)?;
+        let permit = self.state.limiter.admit()?;
+        self.state.limiter.take_request(caller.name())?;
         let req = req.into_inner();
         let sign_only = req.sign.as_ref().is_some_and(|s| !s.unsigned_image.is_empty());
         if req.image.is_empty() || (req.dockerfile.is_empty() && !sign_only) {
@@ -134,78 +111,83 @@ impl BuilderApi for BuildService {
                 "registry_tls.insecure_skip_tls_verify: BuildKit takes certificate settings from its own configuration (buildkitd.toml or the engine's certs.d); use insecure for plain HTTP",
             ));
         }
-        // KMM's variables are expanded (as KMM does) when the request names a kernel.
-        let vars = (!req.kernel.is_empty()).then(|| KernelVars::new(&req.kernel, &req.module_name, &req.module_namespace));
-        let expand = |what: &str, text: &str| -> Result<String, Status> {
-            match &vars {
-                Some(v) => v.expand(text).map_err(|e| Status::invalid_argument(format!("{what}: {e}"))),
-                None => Ok(text.to_string()),
-            }
-        };
-        let image = expand("image", &req.image)?;
-        let mut build_args = kmm_args(&req, vars.as_ref())?;
-        if req.dockerfile.contains("DTK_AUTO") && !build_args.contains_key("DTK_AUTO") {
-            // Refused before anything starts when no source applies: never FROM an empty DTK_AUTO.
-            let (Some(resolver), Some(v)) = (&self.dtk, &vars) else {
-                return Err(Status::failed_precondition(format!(
-                    "the Dockerfile uses DTK_AUTO but {}: pass DTK_AUTO as a build argument or configure [dtk]",
-                    if vars.is_none() { "the request names no kernel" } else { "this service has no [dtk] configuration" }
-                )));
-            };
-            let resolved = resolver.resolve_for(v).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
-            tracing::info!(kernel = %req.kernel, dtk = %resolved.image, source = %resolved.source, "DTK_AUTO resolved");
-            build_args.insert("DTK_AUTO".into(), resolved.image);
-        }
-        let credentials = Arc::new(self.credentials(&req.docker_config_json)?);
-        let spec = (!req.dockerfile.is_empty()).then(|| BuildSpec {
-            image: image.clone(),
+        let credentials = self.credentials(&req.docker_config_json)?;
+        let build = (!req.dockerfile.is_empty()).then(|| KmmBuild {
             dockerfile: req.dockerfile.clone(),
             context: req
                 .context
                 .iter()
                 .map(|f| InputFile { path: f.path.clone(), mode: if f.mode == 0 { 0o644 } else { f.mode }, data: f.data.to_vec() })
                 .collect(),
-            build_args,
-            target: (!req.target.is_empty()).then(|| req.target.clone()),
+            build_args: req.build_args.iter().map(|a| (a.name.clone(), a.value.clone())).collect(),
             secrets: req.secrets.iter().map(|s| (s.name.clone(), s.data.to_vec())).collect(),
-            credentials: credentials.clone(),
-            insecure_registry: tls.insecure,
+            target: (!req.target.is_empty()).then(|| req.target.clone()),
+            credentials: Arc::new(DockerCredentials(credentials.clone())),
+            insecure: tls.insecure,
             network: req.network,
             no_cache: false,
-            labels: Default::default(),
         });
-        if let Some(sign) = &req.sign {
-            return self.build_and_sign(&caller, image, spec, sign, &credentials, tls.insecure, req.force, expand).await;
-        }
-        let Some(spec) = spec else { return Err(Status::invalid_argument("dockerfile is required")) };
-        let builder = self.builder().await?;
-        let mut handle = builder.start(spec, req.force).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        tracing::info!(caller = %caller.name(), image = %req.image, joined = handle.joined(), "build requested");
+        let request_id = self.state.request_id();
+        let (sign, key_name) = match &req.sign {
+            Some(sign) => {
+                let (s, name) = self.sign_step(&caller, sign, &request_id).await?;
+                (Some(s), name)
+            }
+            None => (None, String::new()),
+        };
+        let mut registries = RegistryOptions { credentials, ..self.state.registries.clone() };
+        registries.tls.insecure = tls.insecure;
+        let kmm = KmmRequest {
+            kernel: req.kernel.clone(),
+            module_name: req.module_name.clone(),
+            namespace: req.module_namespace.clone(),
+            image: req.image.clone(),
+            build,
+            sign,
+            registries,
+            force: req.force,
+            attempts: if req.sign.is_some() { 3 } else { 1 },
+        };
+        let prepared = kmm.prepare(self.dtk.as_deref()).await.map_err(|e| kmm_status(&e))?;
+        let request = prepared.request;
+        let builder = match &request.source {
+            kforge_kmm::Source::Dockerfile(_) => Some(self.builder().await?.clone()),
+            kforge_kmm::Source::Unsigned(_) => None,
+        };
+        let deadline = Duration::from_secs(self.config.as_ref().map(|(_, c)| c.deadline_seconds).unwrap_or(kforge_builder::DEFAULT_DEADLINE.as_secs()).max(1));
+        tracing::info!(caller = %caller.name(), image = %request.image, key = %key_name, "build requested");
+        let metrics = self.state.metrics.clone();
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
-            // Stops (and, if it was the last caller, cancels the build) when the caller goes away.
-            loop {
+            let _permit = permit;
+            let _in_flight = crate::metrics::InFlight::new(&metrics);
+            let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+            let work = tokio::time::timeout(deadline, kforge_kmm::run(builder.as_ref(), &request, &events_tx));
+            tokio::pin!(work);
+            let result: Result<Outcome, kforge_kmm::Error> = loop {
                 tokio::select! {
                     _ = tx.closed() => {
-                        tracing::info!(image = %req.image, "caller went away; build handle dropped");
+                        // Dropping the work future cancels the solve (if this was its last caller).
+                        tracing::info!(image = %request.image, "caller went away; build cancelled");
                         return;
                     }
-                    e = handle.next_event() => match e {
-                        Some(e) => {
-                            if let Some(ev) = event_of(e) {
-                                if tx.send(Ok(ev)).await.is_err() {
-                                    return;
-                                }
-                            }
+                    Some(e) = events_rx.recv() => {
+                        if let Some(ev) = event_of(e) {
+                            let _ = tx.send(Ok(ev)).await;
                         }
-                        None => break,
                     }
+                    r = &mut work => break r.unwrap_or_else(|_| Err(kforge_kmm::Error::Deadline { image: request.image.clone(), seconds: deadline.as_secs() })),
+                }
+            };
+            while let Ok(e) = events_rx.try_recv() {
+                if let Some(ev) = event_of(e) {
+                    let _ = tx.send(Ok(ev)).await;
                 }
             }
-            let joined = handle.joined();
-            let last = match handle.finish().await {
-                Ok(out) => pb::build_event::Event::Done(pb::BuildDone { image: out.image, skipped: out.skipped, joined }),
-                Err(e) => pb::build_event::Event::Failed(pb::BuildFailed { message: e.to_string() }),
+            metrics.record_build(if result.is_ok() { "ok" } else { "failed" });
+            let last = match result {
+                Ok(out) => pb::build_event::Event::Done(pb::BuildDone { image: out.image, skipped: out.reused, joined: out.joined }),
+                Err(e) => pb::build_event::Event::Failed(pb::BuildFailed { message: crate::error::chain(&e), kind: failure_kind(&e).into() }),
             };
             let _ = tx.send(Ok(pb::BuildEvent { event: Some(last) })).await;
         });
@@ -237,22 +219,9 @@ impl BuilderApi for BuildService {
 }
 
 impl BuildService {
-    /// KMM's build and sign sections: build (or take the unsigned image), sign with a key on this
-    /// service (audited) or the caller's, push the signed image once.
-    #[allow(clippy::too_many_arguments)]
-    async fn build_and_sign(
-        &self,
-        caller: &Caller,
-        image: String,
-        spec: Option<BuildSpec>,
-        sign: &pb::SignSpec,
-        credentials: &DockerConfig,
-        insecure: bool,
-        force: bool,
-        expand: impl Fn(&str, &str) -> Result<String, Status>,
-    ) -> Result<Response<ReceiverStream<Result<pb::BuildEvent, Status>>>, Status> {
+    /// KMM's sign section: a key on this service (audited, allow lists honoured) or the caller's own.
+    async fn sign_step(&self, caller: &Caller, sign: &pb::SignSpec, request_id: &str) -> Result<(KmmSign, String), Status> {
         let state = &self.state;
-        let request_id = state.request_id();
         let hash = if sign.hash.is_empty() {
             kforge_signer::HashAlgorithm::Sha256
         } else {
@@ -265,65 +234,13 @@ impl BuildService {
             let key = kforge_signer::SigningKey::new(pkey, cert, std::path::Path::new("sign.key_pem")).map_err(|e| Status::invalid_argument(e.to_string()))?;
             (key, "caller's key".to_string(), None)
         } else {
-            let key = state.key_for(&sign.key, caller, &request_id).await?;
-            let hook = state.audit_hook(&request_id, caller.name(), &key.name);
+            let key = state.key_for(&sign.key, caller, request_id).await?;
+            let hook = state.audit_hook(request_id, caller.name(), &key.name);
             (key.signing.clone(), key.name.clone(), Some(hook))
         };
         let signer = Arc::new(Signer::new(signing, hash, SignerIdentifier::IssuerSerial).map_err(|e| Status::failed_precondition(e.to_string()))?);
-        let files = sign.files_to_sign.iter().map(|f| expand("files_to_sign", f)).collect::<Result<Vec<_>, _>>()?;
-        let unsigned_image = (!sign.unsigned_image.is_empty()).then(|| expand("unsigned_image", &sign.unsigned_image)).transpose()?;
-        let mut registries = RegistryOptions { credentials: credentials.clone(), ..state.registries.clone() };
-        registries.tls.insecure = insecure;
-        let request = BuildSign {
-            image: image.clone(),
-            build: spec,
-            unsigned_image,
-            sign: Some(SignStep { signer, selection: if files.is_empty() { Selection::Default } else { Selection::Files(files) }, audit }),
-            registries,
-            force,
-            attempts: 3,
-        };
-        let daemon = match &request.build {
-            Some(_) => Some(self.builder().await?.daemon().clone()),
-            None => None,
-        };
-        let deadline = Duration::from_secs(self.config.as_ref().map(|(_, c)| c.deadline_seconds).unwrap_or(3600).max(1));
-        tracing::info!(caller = %caller.name(), %image, key = %key_name, "build and sign requested");
-        let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(async move {
-            let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-            let work = tokio::time::timeout(deadline, build_and_sign(daemon.as_ref(), &request, &events_tx));
-            tokio::pin!(work);
-            let result: Result<BuildOutput, String> = loop {
-                tokio::select! {
-                    _ = tx.closed() => {
-                        // Dropping the work future cancels the solve.
-                        tracing::info!(image = %request.image, "caller went away; build and sign cancelled");
-                        return;
-                    }
-                    Some(e) = events_rx.recv() => {
-                        if let Some(ev) = event_of(e) {
-                            let _ = tx.send(Ok(ev)).await;
-                        }
-                    }
-                    r = &mut work => break match r {
-                        Ok(r) => r.map_err(|e| e.to_string()),
-                        Err(_) => Err(format!("build and sign of {} did not finish within {} s and was cancelled", request.image, deadline.as_secs())),
-                    },
-                }
-            };
-            while let Ok(e) = events_rx.try_recv() {
-                if let Some(ev) = event_of(e) {
-                    let _ = tx.send(Ok(ev)).await;
-                }
-            }
-            let last = match result {
-                Ok(out) => pb::build_event::Event::Done(pb::BuildDone { image: out.image, skipped: out.skipped, joined: false }),
-                Err(message) => pb::build_event::Event::Failed(pb::BuildFailed { message }),
-            };
-            let _ = tx.send(Ok(pb::BuildEvent { event: Some(last) })).await;
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let unsigned_image = (!sign.unsigned_image.is_empty()).then(|| sign.unsigned_image.clone());
+        Ok((KmmSign { signer, files_to_sign: sign.files_to_sign.clone(), unsigned_image, audit }, key_name))
     }
 
     async fn resolve(&self, req: Request<pb::ImageRequest>) -> Result<Option<String>, Status> {
@@ -335,37 +252,52 @@ impl BuildService {
             tls: RegistryTls { insecure: tls.insecure, skip_verify: tls.insecure_skip_tls_verify, ca_pem: vec![] },
             ..Default::default()
         };
-        kforge_image::resolve_digest(&req.image, &opts).await.map_err(|e| match e {
-            kforge_image::Error::Reference { .. } => Status::invalid_argument(e.to_string()),
-            kforge_image::Error::Auth { .. } => Status::permission_denied(e.to_string()),
-            _ => Status::unavailable(e.to_string()),
-        })
+        kforge_image::resolve_digest(&req.image, &opts.with_loopback_plain_http(&req.image)).await.map_err(|e| crate::service::image_status(&e))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// How a failed request is reported to the caller: refusals of the request itself are statuses
+/// before the stream starts; everything after is a `BuildFailed` with its kind.
+fn kmm_status(e: &kforge_kmm::Error) -> Status {
+    use kforge_kmm::Error as E;
+    let message = crate::error::chain(e);
+    match e {
+        E::DtkUnconfigured { .. } | E::NothingApplies { .. } | E::MappingImageMissing { .. } => Status::failed_precondition(message),
+        E::Kube { .. } | E::Registry { .. } => Status::unavailable(message),
+        E::NoBuildKit { .. } => Status::failed_precondition(message),
+        _ => Status::invalid_argument(message),
+    }
+}
 
-    #[test]
-    fn kmm_arguments_are_injected_and_win_and_variables_expand() {
-        let req = pb::BuildRequest {
-            kernel: "6.1.0-56-amd64".into(),
-            module_name: "hello".into(),
-            module_namespace: "kmm".into(),
-            build_args: vec![
-                pb::BuildArg { name: "MOD_NAME".into(), value: "override".into() },
-                pb::BuildArg { name: "DTK_AUTO".into(), value: "r/dtk@sha256:00".into() },
-                pb::BuildArg { name: "SRC".into(), value: "/src/${KERNEL_XYZ}/${MOD_NAME}".into() },
-            ],
-            ..Default::default()
-        };
-        let args = kmm_args(&req, Some(&KernelVars::new(&req.kernel, &req.module_name, &req.module_namespace))).expect("expands");
-        assert_eq!(args["KERNEL_FULL_VERSION"], "6.1.0-56-amd64");
-        assert_eq!(args["KERNEL_VERSION"], "6.1.0-56-amd64");
-        assert_eq!(args["MOD_NAMESPACE"], "kmm");
-        assert_eq!(args["MOD_NAME"], "hello", "KMM's injected value wins");
-        assert_eq!(args["SRC"], "/src/6.1.0/hello");
-        assert_eq!(args["DTK_AUTO"], "r/dtk@sha256:00");
+/// The kind of a failure, for callers that decide whether to retry.
+fn failure_kind(e: &kforge_kmm::Error) -> pb::FailureKind {
+    use kforge_builder::{Error as B, FailureKind as F};
+    use kforge_kmm::Error as E;
+    fn of_build(e: &B) -> pb::FailureKind {
+        match e {
+            B::Shared(inner) => of_build(inner),
+            B::Build { failure, .. } => match failure.kind {
+                F::Dockerfile => pb::FailureKind::Dockerfile,
+                F::Run => pb::FailureKind::StepFailed,
+                F::BaseImage { .. } => pb::FailureKind::BaseImageUnavailable,
+                F::Push => pb::FailureKind::PushRefused,
+                F::Interrupted => pb::FailureKind::BuildkitUnavailable,
+                F::Other => pb::FailureKind::Unspecified,
+            },
+            B::EnginePush { .. } => pb::FailureKind::PushRefused,
+            B::Unavailable { .. } | B::Protocol { .. } => pb::FailureKind::BuildkitUnavailable,
+            B::Cancelled { .. } => pb::FailureKind::Cancelled,
+            B::Deadline { .. } => pb::FailureKind::Deadline,
+            B::Endpoint { .. } | B::Request(_) => pb::FailureKind::InvalidRequest,
+            _ => pb::FailureKind::Unspecified,
+        }
+    }
+    match e {
+        E::Build(b) => of_build(b),
+        E::Deadline { .. } => pb::FailureKind::Deadline,
+        E::Image(_) | E::Signer(_) => pb::FailureKind::Signing,
+        E::NoBuildKit { .. } => pb::FailureKind::BuildkitUnavailable,
+        E::Request(_) | E::Field { .. } => pb::FailureKind::InvalidRequest,
+        _ => pb::FailureKind::Unspecified,
     }
 }

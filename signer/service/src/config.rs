@@ -42,7 +42,7 @@ pub struct Config {
     pub builder: Option<BuilderConfig>,
     /// Where `DTK_AUTO` comes from for builds whose Dockerfile uses it (`[dtk]`).
     #[serde(default)]
-    pub dtk: Option<kforge_dtk::DtkConfig>,
+    pub dtk: Option<kforge_kmm::DtkConfig>,
 }
 
 /// Where the build service finds BuildKit, and who may build.
@@ -103,7 +103,7 @@ impl BuilderConfig {
 }
 
 fn default_build_deadline() -> u64 {
-    3600
+    kforge_builder::DEFAULT_DEADLINE.as_secs()
 }
 
 /// Server certificate and, for mutual TLS, the CA that client certificates must chain to.
@@ -181,13 +181,16 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     /// Signatures per second per identity (bursts of twice that); 0 disables.
     pub signatures_per_second: f64,
-    /// Largest gRPC message, in bytes.
+    /// Requests (signing and building alike) per second per identity (bursts of twice that); 0
+    /// disables.
+    pub requests_per_second: f64,
+    /// Largest gRPC message, in bytes (a Build request carries its context: the CLI sends up to 32 MiB).
     pub max_message_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_module_bytes: 512 << 20, max_concurrent_requests: 256, signatures_per_second: 0.0, max_message_bytes: 16 << 20 }
+        Limits { max_module_bytes: 512 << 20, max_concurrent_requests: 256, signatures_per_second: 0.0, requests_per_second: 0.0, max_message_bytes: 64 << 20 }
     }
 }
 

@@ -53,3 +53,18 @@ impl Error {
         move |cause| Error::Io { path, op, cause }
     }
 }
+
+/// An error and its causes, joined: what a remote caller reads (it has no other view of the chain).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}

@@ -9,34 +9,19 @@ use tonic::Status;
 
 use crate::config::Limits;
 
-/// Shared limiters.
-pub(crate) struct Limiter {
-    in_flight: Arc<Semaphore>,
-    max: usize,
+/// Token buckets per identity (capacity twice the rate).
+struct Buckets {
     rate: f64,
+    what: &'static str,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
-impl Limiter {
-    pub fn new(limits: &Limits) -> Self {
-        Limiter {
-            in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
-            max: limits.max_concurrent_requests,
-            rate: limits.signatures_per_second,
-            buckets: Mutex::new(HashMap::new()),
-        }
+impl Buckets {
+    fn new(rate: f64, what: &'static str) -> Self {
+        Buckets { rate, what, buckets: Mutex::new(HashMap::new()) }
     }
 
-    /// A slot for one request, or RESOURCE_EXHAUSTED at once when all are taken.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
-        self.in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Status::resource_exhausted(format!("the signer is serving its limit of {} requests; retry later", self.max)))
-    }
-
-    /// Takes one signature from the identity's token bucket (capacity twice the rate).
-    pub fn take_signature(&self, identity: &str) -> Result<(), Status> {
+    fn take(&self, identity: &str) -> Result<(), Status> {
         if self.rate <= 0.0 {
             return Ok(());
         }
@@ -50,8 +35,45 @@ impl Limiter {
             *tokens -= 1.0;
             Ok(())
         } else {
-            Err(Status::resource_exhausted(format!("{identity} exceeds {} signatures per second; slow down", self.rate)))
+            Err(Status::resource_exhausted(format!("{identity} exceeds {} {} per second; slow down", self.rate, self.what)))
         }
+    }
+}
+
+/// Shared limiters.
+pub(crate) struct Limiter {
+    in_flight: Arc<Semaphore>,
+    max: usize,
+    signatures: Buckets,
+    requests: Buckets,
+}
+
+impl Limiter {
+    pub fn new(limits: &Limits) -> Self {
+        Limiter {
+            in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            max: limits.max_concurrent_requests,
+            signatures: Buckets::new(limits.signatures_per_second, "signatures"),
+            requests: Buckets::new(limits.requests_per_second, "requests"),
+        }
+    }
+
+    /// A slot for one request, or RESOURCE_EXHAUSTED at once when all are taken.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted(format!("the service is serving its limit of {} requests; retry later", self.max)))
+    }
+
+    /// Takes one signature from the identity's token bucket.
+    pub fn take_signature(&self, identity: &str) -> Result<(), Status> {
+        self.signatures.take(identity)
+    }
+
+    /// Takes one request from the identity's token bucket.
+    pub fn take_request(&self, identity: &str) -> Result<(), Status> {
+        self.requests.take(identity)
     }
 }
 
@@ -69,5 +91,11 @@ mod tests {
         assert!(l.take_signature("a").is_ok() && l.take_signature("a").is_ok(), "burst of two");
         assert_eq!(l.take_signature("a").expect_err("third").code(), tonic::Code::ResourceExhausted);
         assert!(l.take_signature("b").is_ok(), "per identity");
+        let r = Limiter::new(&Limits { requests_per_second: 1.0, ..Limits::default() });
+        assert!(r.take_request("a").is_ok() && r.take_request("a").is_ok(), "burst of two");
+        let e = r.take_request("a").expect_err("third request");
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().contains("requests per second"), "{}", e.message());
+        assert!(r.take_signature("a").is_ok(), "signatures are not limited by the request rate");
     }
 }

@@ -30,6 +30,12 @@ pub(crate) struct Metrics {
     pub latency: Histogram,
     pub bytes: Counter,
     pub in_flight: Gauge,
+    pub builds: Family<BuildLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct BuildLabels {
+    pub result: String,
 }
 
 impl Metrics {
@@ -43,7 +49,9 @@ impl Metrics {
         registry.register("sign_duration_seconds", "Time to sign one module, audit included", latency.clone());
         registry.register("signed_bytes", "Bytes of modules signed", bytes.clone());
         registry.register("requests_in_flight", "Requests being served", in_flight.clone());
-        Metrics { registry, signatures, latency, bytes, in_flight }
+        let builds = Family::<BuildLabels, Counter>::default();
+        registry.register("builds", "Build requests by result", builds.clone());
+        Metrics { registry, signatures, latency, bytes, in_flight, builds }
     }
 
     /// Counts one signature outcome and its latency.
@@ -55,7 +63,12 @@ impl Metrics {
         }
     }
 
-    fn encode(&self) -> String {
+    /// Counts one finished build request.
+    pub fn record_build(&self, result: &str) {
+        self.builds.get_or_create(&BuildLabels { result: result.into() }).inc();
+    }
+
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -83,8 +83,9 @@ pub async fn serve(config: Config) -> Result<Running, Error> {
         Some(d) => Some(crate::build::dtk_resolver(d.clone(), registries.clone()).await?),
         None => None,
     };
-    let build = BuilderServer::new(crate::build::BuildService::new(builder_cfg, state.clone(), dtk));
     let max = config.limits.max_message_bytes;
+    let build =
+        BuilderServer::new(crate::build::BuildService::new(builder_cfg, state.clone(), dtk)).max_decoding_message_size(max).max_encoding_message_size(max);
     let signer = SignerServer::new(SignerService(state)).max_decoding_message_size(max).max_encoding_message_size(max);
 
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -135,6 +136,6 @@ pub async fn serve(config: Config) -> Result<Running, Error> {
             .await
             .map_err(|e| Error::Serve { what: "gRPC server".into(), cause: e.to_string() })
     });
-    tracing::info!(%addr, tls = config.tls.is_some(), auth = config.requires_auth(), metrics = ?metrics_addr, audit = %config.audit_log.display(), "kforge signer serving");
+    tracing::info!(%addr, tls = config.tls.is_some(), auth = config.requires_auth(), metrics = ?metrics_addr, audit = %config.audit_log.display(), "kforge serving the signer and the builder");
     Ok(Running { addr, metrics_addr, shutdown: Some(tx), task, metrics_task })
 }

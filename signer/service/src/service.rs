@@ -118,6 +118,7 @@ impl SignerApi for SignerService {
         let state = self.0.clone();
         let caller = state.auth.identify(&req)?;
         let permit = state.limiter.admit()?;
+        state.limiter.take_request(caller.name())?;
         let request_id = state.request_id();
         tracing::debug!(%request_id, caller = %caller.name(), "SignModules");
         let mut inbound = req.into_inner();
@@ -198,6 +199,7 @@ impl SignerApi for SignerService {
         let state = self.0.clone();
         let caller = state.auth.identify(&req)?;
         let permit = state.limiter.admit()?;
+        state.limiter.take_request(caller.name())?;
         let request_id = state.request_id();
         let r = req.into_inner();
         let key = state.key_for(&r.key, &caller, &request_id).await?;
@@ -277,8 +279,9 @@ impl SignerApi for SignerService {
 
     async fn verify(&self, req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let state = &self.0;
-        let _caller = state.auth.identify(&req)?;
+        let caller = state.auth.identify(&req)?;
         let _permit = state.limiter.admit()?;
+        state.limiter.take_request(caller.name())?;
         let r = req.into_inner();
         let cert = match r.against {
             Some(pb::verify_request::Against::Key(name)) => {
@@ -327,7 +330,8 @@ impl SignerApi for SignerService {
     }
 }
 
-fn image_status(e: &kforge_image::Error) -> Status {
+/// The one mapping of image errors to gRPC statuses (SignImage and the Builder's look-ups).
+pub(crate) fn image_status(e: &kforge_image::Error) -> Status {
     use kforge_image::Error as E;
     let code = match e {
         E::Registry { .. } | E::Stream { .. } => Code::Unavailable,
@@ -335,7 +339,7 @@ fn image_status(e: &kforge_image::Error) -> Status {
         E::Io { .. } | E::Task(_) | E::Audit { .. } => Code::Internal,
         _ => Code::InvalidArgument,
     };
-    Status::new(code, e.to_string())
+    Status::new(code, crate::error::chain(e))
 }
 
 /// Authorises, signs, audits (fsync'd) and returns the signed module.

@@ -92,9 +92,9 @@ impl Resolver {
     }
 
     /// `DTK_AUTO` for the kernel and Module in `vars`.
-    #[tracing::instrument(name = "dtk_resolve", skip_all, fields(kernel = %vars.full))]
+    #[tracing::instrument(name = "dtk_resolve", skip_all, fields(kernel = %vars.kernel))]
     pub async fn resolve_for(&self, vars: &KernelVars) -> Result<Resolved> {
-        let kernel = vars.full.as_str();
+        let kernel = vars.kernel.as_str();
         let mut tried = Vec::new();
 
         // (1) OpenShift.
@@ -169,7 +169,7 @@ impl Resolver {
         }
         match self.lookup.digest(&image).await {
             Ok(Some(digest)) => Ok(found(with_digest(&image, &digest, &entry.origin)?, Source::Mapping, format!("{detail} → {image}"))),
-            Ok(None) => Err(Error::MappingImageMissing { mapping: entry.origin.clone(), kernel: vars.full.clone(), image }),
+            Ok(None) => Err(Error::MappingImageMissing { mapping: entry.origin.clone(), kernel: vars.kernel.clone(), image }),
             Err(source) => Err(Error::Registry { image, source }),
         }
     }

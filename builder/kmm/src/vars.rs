@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelVars {
     /// The kernel as the node reports it (`status.nodeInfo.kernelVersion`).
-    pub full: String,
+    pub kernel: String,
     /// The Module's name (`MOD_NAME`).
     pub module_name: String,
     /// The Module's namespace (`MOD_NAMESPACE`).
@@ -38,8 +38,8 @@ pub struct KernelVars {
 /// The fields KMM derives from a kernel version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelComponents {
-    /// The normalised kernel (`KERNEL_FULL_VERSION`, `KERNEL_VERSION`).
-    pub full: String,
+    /// The normalised kernel (`KERNEL_FULL_VERSION`, `KERNEL_VERSION` in templates).
+    pub normalized: String,
     /// `KERNEL_XYZ`.
     pub xyz: String,
     /// `KERNEL_X`.
@@ -53,12 +53,12 @@ pub struct KernelComponents {
 impl KernelComponents {
     /// Splits `kernel` as KMM does (after normalising it).
     pub fn parse(kernel: &str) -> Result<Self> {
-        let full = normalize(kernel);
-        let fields: Vec<&str> = full.split(['.', ',', '-']).collect();
+        let normalized = normalize(kernel);
+        let fields: Vec<&str> = normalized.split(['.', ',', '-']).collect();
         if fields.len() < 3 {
             return Err(Error::KernelVersion { kernel: kernel.to_string() });
         }
-        Ok(KernelComponents { xyz: fields[..3].join("."), x: fields[0].to_string(), y: fields[1].to_string(), z: fields[2].to_string(), full })
+        Ok(KernelComponents { xyz: fields[..3].join("."), x: fields[0].to_string(), y: fields[1].to_string(), z: fields[2].to_string(), normalized })
     }
 }
 
@@ -70,7 +70,7 @@ pub fn normalize(kernel: &str) -> String {
 impl KernelVars {
     /// Variables for `kernel` and the Module `namespace`/`module_name`.
     pub fn new(kernel: impl Into<String>, module_name: impl Into<String>, namespace: impl Into<String>) -> Self {
-        KernelVars { full: kernel.into(), module_name: module_name.into(), namespace: namespace.into() }
+        KernelVars { kernel: kernel.into(), module_name: module_name.into(), namespace: namespace.into() }
     }
 
     /// Variables for a kernel alone (`MOD_NAME` and `MOD_NAMESPACE` are empty).
@@ -80,10 +80,10 @@ impl KernelVars {
 
     /// The variables as KMM passes them to the substitution, in KMM's order.
     pub fn variables(&self) -> Result<Vec<(&'static str, String)>> {
-        let c = KernelComponents::parse(&self.full)?;
+        let c = KernelComponents::parse(&self.kernel)?;
         Ok(vec![
-            ("KERNEL_FULL_VERSION", c.full.clone()),
-            ("KERNEL_VERSION", c.full),
+            ("KERNEL_FULL_VERSION", c.normalized.clone()),
+            ("KERNEL_VERSION", c.normalized),
             ("KERNEL_XYZ", c.xyz),
             ("KERNEL_X", c.x),
             ("KERNEL_Y", c.y),
@@ -105,8 +105,8 @@ impl KernelVars {
     /// name). The kernel is the node's, not normalised.
     pub fn build_args(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
-            ("KERNEL_VERSION".to_string(), self.full.clone()),
-            ("KERNEL_FULL_VERSION".to_string(), self.full.clone()),
+            ("KERNEL_VERSION".to_string(), self.kernel.clone()),
+            ("KERNEL_FULL_VERSION".to_string(), self.kernel.clone()),
             ("MOD_NAME".to_string(), self.module_name.clone()),
             ("MOD_NAMESPACE".to_string(), self.namespace.clone()),
         ])

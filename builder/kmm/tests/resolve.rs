@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
-use kforge_dtk::{ConfigMapRef, DigestLookup, DtkConfig, Error, MappingConfig, Resolver, Source};
+use kforge_kmm::{ConfigMapRef, DigestLookup, DtkConfig, DtkSource as Source, Error, MappingConfig, Resolver};
 use kube::client::Body;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;

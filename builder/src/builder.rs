@@ -1,19 +1,18 @@
-//! The builder as a service uses it: an existing target is not rebuilt, identical concurrent
-//! requests share one solve, every build has a deadline, and a build whose callers all went away
-//! is cancelled.
+//! The builder as a service uses it: identical concurrent requests share one solve, every build
+//! has a deadline, and a build whose callers all went away is cancelled. Whether a build is needed
+//! at all (an existing target built from the same inputs) is the caller's decision.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use kforge_image::{RegistryOptions, RegistryTls};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::watch;
 
-use crate::endpoint::Daemon;
+use crate::endpoint::Connection;
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::solve::{BuildOutput, BuildSpec, Target, build};
+use crate::solve::{BuildSpec, Output, solve};
 
 /// How the builder behaves.
 #[derive(Debug, Clone)]
@@ -22,13 +21,16 @@ pub struct BuilderOptions {
     pub deadline: Duration,
 }
 
+/// How long a build may run unless configured otherwise (KMM's default build timeout).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(3600);
+
 impl Default for BuilderOptions {
     fn default() -> Self {
-        BuilderOptions { deadline: Duration::from_secs(3600) }
+        BuilderOptions { deadline: DEFAULT_DEADLINE }
     }
 }
 
-type Outcome = Option<Result<BuildOutput, Arc<Error>>>;
+type Outcome = Option<Result<Option<String>, Arc<Error>>>;
 
 /// One running build and everyone waiting for it.
 struct Running {
@@ -48,7 +50,7 @@ impl Drop for Running {
 /// Builds through one BuildKit, sharing identical concurrent builds.
 #[derive(Clone)]
 pub struct Builder {
-    daemon: Daemon,
+    daemon: Connection,
     options: BuilderOptions,
     inflight: Arc<Mutex<HashMap<String, Weak<Running>>>>,
 }
@@ -71,8 +73,16 @@ impl BuildHandle {
         self.joined
     }
 
-    /// Waits for the result.
-    pub async fn finish(self) -> Result<BuildOutput> {
+    /// Forwards every event to `events`, then waits for the result.
+    pub async fn forward(mut self, events: &UnboundedSender<Event>) -> Result<Option<String>> {
+        while let Some(e) = self.events.recv().await {
+            let _ = events.send(e);
+        }
+        self.finish().await
+    }
+
+    /// Waits for the result: the pushed digest (`None` for [`Output::Engine`]).
+    pub async fn finish(self) -> Result<Option<String>> {
         let mut rx = self.running.outcome.clone();
         let outcome = rx.wait_for(|o| o.is_some()).await.map_err(|_| Error::Request("the build task ended without a result".into()))?.clone();
         match outcome {
@@ -83,29 +93,21 @@ impl BuildHandle {
     }
 }
 
-/// Registry access for the existence check: the build's credentials, plain HTTP for `--insecure`
-/// and for loopback registries (as BuildKit and Docker treat them).
-fn registry_options(spec: &BuildSpec) -> RegistryOptions {
-    let mut opts = RegistryOptions { credentials: (*spec.credentials).clone(), attempts: 2, ..Default::default() };
-    opts.tls = RegistryTls { insecure: spec.insecure_registry, ..Default::default() };
-    opts.with_loopback_plain_http(&spec.image)
-}
-
 impl Builder {
     /// A builder using `daemon`.
-    pub fn new(daemon: Daemon, options: BuilderOptions) -> Self {
+    pub fn new(daemon: Connection, options: BuilderOptions) -> Self {
         Builder { daemon, options, inflight: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     /// The BuildKit this builder uses.
-    pub fn daemon(&self) -> &Daemon {
+    pub fn connection(&self) -> &Connection {
         &self.daemon
     }
 
-    /// Starts (or joins) the build of `spec`; with `force` an existing target is rebuilt.
-    pub fn start(&self, spec: BuildSpec, force: bool) -> Result<BuildHandle> {
-        let target = Target::parse(&spec.image)?;
-        let key = format!("{}|{force}", spec.inputs_hash());
+    /// Starts the build of `spec` delivered as `output`, or joins the identical one running.
+    pub fn start(&self, spec: BuildSpec, output: Output) -> Result<BuildHandle> {
+        crate::solve::Target::parse(&spec.image)?;
+        let key = format!("{}|{output:?}", spec.inputs_hash());
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(running) = inflight.get(&key).and_then(Weak::upgrade) {
             if running.outcome.borrow().is_none() {
@@ -143,7 +145,10 @@ impl Builder {
                     }
                 };
                 let work = async {
-                    let result = run(&daemon, &spec, &target, force, deadline, &events_tx).await;
+                    let result = match tokio::time::timeout(deadline, solve(&daemon, &spec, &output, &events_tx)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(Error::Deadline { image: spec.image.clone(), seconds: deadline.as_secs() }),
+                    };
                     drop(events_tx);
                     result
                 };
@@ -159,28 +164,5 @@ impl Builder {
         });
         inflight.insert(key, Arc::downgrade(&running));
         Ok(BuildHandle { running, events: rx, joined: false })
-    }
-
-    /// Whether `image` exists in its registry, and its digest.
-    pub async fn image_digest(&self, spec: &BuildSpec) -> Result<Option<String>> {
-        let target = Target::parse(&spec.image)?;
-        Ok(kforge_image::resolve_digest(&target.tagged(), &registry_options(spec)).await?)
-    }
-}
-
-async fn run(daemon: &Daemon, spec: &BuildSpec, target: &Target, force: bool, deadline: Duration, events: &UnboundedSender<Event>) -> Result<BuildOutput> {
-    if !force {
-        match kforge_image::resolve_digest(&target.tagged(), &registry_options(spec)).await {
-            Ok(Some(digest)) => {
-                tracing::info!(image = %spec.image, %digest, "target exists; not building (force to rebuild)");
-                return Ok(BuildOutput { image: format!("{}@{digest}", target.name()), digest, skipped: true });
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(image = %spec.image, error = %e, "cannot check whether the target exists; building"),
-        }
-    }
-    match tokio::time::timeout(deadline, build(daemon, spec, events)).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::Deadline { image: spec.image.clone(), seconds: deadline.as_secs() }),
     }
 }

@@ -94,4 +94,63 @@ pub enum Error {
         /// Each source tried and why it did not apply.
         tried: Vec<String>,
     },
+    /// A value of the request could not be expanded or used.
+    #[error("in {field}")]
+    Field {
+        /// Which field ("build arg SRC", "containerImage", "filesToSign").
+        field: String,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The Dockerfile uses `DTK_AUTO` but nothing can resolve it.
+    #[error("the Dockerfile uses DTK_AUTO but {reason}: pass DTK_AUTO as a build argument or configure where Driver Toolkit images come from")]
+    DtkUnconfigured {
+        /// Why it cannot be resolved.
+        reason: &'static str,
+    },
+    /// The request builds, but no BuildKit was given.
+    #[error("building {image} needs BuildKit, and none is configured")]
+    NoBuildKit {
+        /// The target image.
+        image: String,
+    },
+    /// A request that cannot be carried out as given.
+    #[error("invalid request: {0}")]
+    Request(String),
+    /// A local file or directory could not be used.
+    #[error("{}: {action}", path.display())]
+    Io {
+        /// The path.
+        path: std::path::PathBuf,
+        /// What kforge was doing.
+        action: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The build failed.
+    #[error(transparent)]
+    Build(#[from] kforge_builder::Error),
+    /// Reading, signing or pushing the image failed.
+    #[error(transparent)]
+    Image(#[from] kforge_image::Error),
+    /// The key or certificate cannot sign.
+    #[error(transparent)]
+    Signer(#[from] kforge_signer::Error),
+    /// The whole request ran past its deadline and was cancelled.
+    #[error("building and signing {image} did not finish within {seconds} s and was cancelled")]
+    Deadline {
+        /// The target image.
+        image: String,
+        /// The deadline.
+        seconds: u64,
+    },
+}
+
+impl Error {
+    /// This error, said to be about `field`.
+    pub fn in_field(self, field: impl Into<String>) -> Error {
+        Error::Field { field: field.into(), source: Box::new(self) }
+    }
 }
