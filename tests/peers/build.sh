@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Builds the upstream peers the tests run for real (buildkitd and buildctl, etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kwok) from their Go modules, at the versions pinned in
-# tests/peers/versions.env, into $cache/bin/<name>-<version>/. A directory that is there is complete
-# (each build goes to a temporary directory that is renamed into place), so nothing is rebuilt until
-# a pin changes. Prints how long each build took.
+# tests/peers/versions.env, into $cache/bin/<name>-<version>/, and reflect-client (our own gRPC
+# reflection client on grpc-go, tests/peers/reflect-client/) into
+# $cache/bin/reflect-client-<grpc version>-<hash of its main.go and go.mod>/. A directory that is
+# there is complete (each build goes to a temporary directory that is renamed into place), so
+# nothing is rebuilt until a pin (or reflect-client's source) changes. Prints how long each build took.
 #
 #   tests/peers/build.sh               build what is missing
+#   tests/peers/build.sh PEER...       only these: buildkit, etcd, kwok, kubernetes, reflect-client
 #   tests/peers/build.sh --regenerate  rewrite the wrapper modules (kubernetes/, etcd/) from the pins
 #                                      first; run it after changing KUBERNETES_VERSION or ETCD_VERSION
 #
@@ -19,13 +22,19 @@ cache=${KFORGE_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kforge-tests}
 bin="$cache/bin"
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 regenerate=false
+all_peers=(buildkit etcd kwok kubernetes reflect-client)
+peers=()
 for arg in "$@"; do
   case "$arg" in
     --regenerate) regenerate=true ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    buildkit|etcd|kwok|kubernetes|reflect-client) peers+=("$arg") ;;
     *) echo "tests/peers/build.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
+[ "${#peers[@]}" -gt 0 ] || peers=("${all_peers[@]}")
+# wanted NAME: whether NAME is one of the peers to build (all of them unless some were named).
+wanted() { [[ " ${peers[*]} " == *" $1 "* ]]; }
 
 if ! command -v go >/dev/null; then
   echo "tests/peers/build.sh: Go is not installed; install Go 1.26 or newer (Debian: golang-go from a recent suite, or go.dev/dl) and run again" >&2
@@ -95,18 +104,19 @@ etcd_tools=(go.etcd.io/etcd/server/v3)
 buildkit_tools=(github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl)
 kwok_tools=(sigs.k8s.io/kwok/cmd/kwok)
 
+# reflect-client is written by hand, not generated: --regenerate leaves it alone.
 if $regenerate; then
-  write_wrapper "$here/buildkit" github.com/moby/buildkit "$BUILDKIT_VERSION" "$BUILDKIT_VERSION" "${buildkit_tools[@]}"
-  write_wrapper "$here/kubernetes" k8s.io/kubernetes "$KUBERNETES_VERSION" "v0.${KUBERNETES_VERSION#v1.}" "${kube_tools[@]}"
-  write_wrapper "$here/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_VERSION" "${etcd_tools[@]}"
-  write_wrapper "$here/kwok" sigs.k8s.io/kwok "$KWOK_VERSION" "$KWOK_VERSION" "${kwok_tools[@]}"
+  ! wanted buildkit || write_wrapper "$here/buildkit" github.com/moby/buildkit "$BUILDKIT_VERSION" "$BUILDKIT_VERSION" "${buildkit_tools[@]}"
+  ! wanted kubernetes || write_wrapper "$here/kubernetes" k8s.io/kubernetes "$KUBERNETES_VERSION" "v0.${KUBERNETES_VERSION#v1.}" "${kube_tools[@]}"
+  ! wanted etcd || write_wrapper "$here/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_VERSION" "${etcd_tools[@]}"
+  ! wanted kwok || write_wrapper "$here/kwok" sigs.k8s.io/kwok "$KWOK_VERSION" "$KWOK_VERSION" "${kwok_tools[@]}"
 fi
 
-# Refuses a wrapper whose go.mod does not require the pinned version.
+# Refuses a wrapper whose go.mod does not require the pinned version; $4 says how to fix it.
 check_wrapper() {
-  local dir=$1 module=$2 version=$3
+  local dir=$1 module=$2 version=$3 fix=${4:-run tests/peers/build.sh --regenerate}
   if ! awk -v m="$module" -v v="$version" '($1=="require"&&$2==m&&$3==v)||($1==m&&$2==v){f=1} END{exit !f}' "$dir/go.mod" 2>/dev/null; then
-    log "$dir/go.mod does not require $module $version (the pin in versions.env): run tests/peers/build.sh --regenerate"
+    log "$dir/go.mod does not require $module $version (the pin in versions.env): $fix"
     exit 1
   fi
 }
@@ -125,7 +135,9 @@ build() {
   out=$(mktemp -d "$bin/.$name-$version.XXXXXX")
   local binaries=("${@##*/}")
   [ "$name" != etcd ] || binaries=(etcd)
-  log "$name $version: building ${binaries[*]} (a cold Kubernetes build takes many minutes on 2 cores)"
+  local note=""
+  [ "$name" != kubernetes ] || note=" (a cold Kubernetes build takes many minutes on 2 cores)"
+  log "$name $version: building ${binaries[*]}$note"
   local start=$SECONDS
   local target=("-o" "$out/")
   [ "$#" -gt 1 ] || target=("-o" "$out/${binaries[0]}")
@@ -150,13 +162,30 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kube_stamp+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
+# reflect-client's cache directory is named after the grpc pin and a hash of its source, so that an
+# edit builds a new one (client/build.rs and tests/support/peers.rs compute the same name).
+reflect_hash=$(cat "$here/reflect-client/main.go" "$here/reflect-client/go.mod" | sha256sum | cut -c1-16)
+
 total=$SECONDS
-check_wrapper "$here/buildkit" github.com/moby/buildkit "$BUILDKIT_VERSION"
-check_wrapper "$here/kubernetes" k8s.io/kubernetes "$KUBERNETES_VERSION"
-check_wrapper "$here/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
-check_wrapper "$here/kwok" sigs.k8s.io/kwok "$KWOK_VERSION"
-build buildkit "$BUILDKIT_VERSION" "-X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION" "${buildkit_tools[@]}"
-build etcd "$ETCD_VERSION" "" "${etcd_tools[@]}"
-build kwok "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" "${kwok_tools[@]}"
-build kubernetes "$KUBERNETES_VERSION" "$kube_stamp" "${kube_tools[@]}"
-log "all peers ready in $bin ($((SECONDS - total)) s)"
+if wanted buildkit; then
+  check_wrapper "$here/buildkit" github.com/moby/buildkit "$BUILDKIT_VERSION"
+  build buildkit "$BUILDKIT_VERSION" "-X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION" "${buildkit_tools[@]}"
+fi
+if wanted etcd; then
+  check_wrapper "$here/etcd" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+  build etcd "$ETCD_VERSION" "" "${etcd_tools[@]}"
+fi
+if wanted kwok; then
+  check_wrapper "$here/kwok" sigs.k8s.io/kwok "$KWOK_VERSION"
+  build kwok "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" "${kwok_tools[@]}"
+fi
+if wanted kubernetes; then
+  check_wrapper "$here/kubernetes" k8s.io/kubernetes "$KUBERNETES_VERSION"
+  build kubernetes "$KUBERNETES_VERSION" "$kube_stamp" "${kube_tools[@]}"
+fi
+if wanted reflect-client; then
+  check_wrapper "$here/reflect-client" google.golang.org/grpc "$REFLECT_CLIENT_GRPC_VERSION" \
+    "set its require to the pin and run go mod tidy in tests/peers/reflect-client"
+  build reflect-client "$REFLECT_CLIENT_GRPC_VERSION-$reflect_hash" "" kforge.invalid/peers/reflect-client
+fi
+log "${peers[*]} ready in $bin ($((SECONDS - total)) s)"

@@ -1,10 +1,12 @@
 //! The upstream peers that `tests/peers/build.sh` builds from their Go modules (BuildKit, etcd,
-//! Kubernetes, kwok), found through the pins in `tests/peers/versions.env` under
-//! `<cache_dir()>/bin/<name>-<version>/`.
+//! Kubernetes, kwok, and our reflect-client on grpc-go), found through the pins in
+//! `tests/peers/versions.env` under `<cache_dir()>/bin/<name>-<version>/` (reflect-client's version
+//! is its grpc pin and a hash of its source).
 //!
 //! A test that needs a peer carries `#[cfg_attr(kforge_no_buildkitd, ignore = "…")]` (or
-//! `kforge_no_control_plane`): `client/build.rs` sets those when the binaries are missing, except
-//! under `CI=true`, where the test runs and `binary` fails saying what to do.
+//! `kforge_no_control_plane`, `kforge_no_reflect_client`): `client/build.rs` sets those when the
+//! binaries are missing, except under `CI=true`, where the test runs and `binary` fails saying
+//! what to do.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -24,6 +26,9 @@ pub enum Peer {
     Etcd,
     /// `kwok`.
     Kwok,
+    /// `reflect-client`: gRPC server reflection (v1 and v1alpha) through grpc-go, built from
+    /// `tests/peers/reflect-client/`.
+    ReflectClient,
 }
 
 impl Peer {
@@ -34,6 +39,7 @@ impl Peer {
             Peer::Kubernetes => "kubernetes",
             Peer::Etcd => "etcd",
             Peer::Kwok => "kwok",
+            Peer::ReflectClient => "reflect-client",
         }
     }
 
@@ -44,12 +50,19 @@ impl Peer {
             Peer::Kubernetes => "KUBERNETES_VERSION",
             Peer::Etcd => "ETCD_VERSION",
             Peer::Kwok => "KWOK_VERSION",
+            Peer::ReflectClient => "REFLECT_CLIENT_GRPC_VERSION",
         }
     }
 
-    /// The pinned version, e.g. `v0.34.2`.
+    /// The pinned version, e.g. `v0.34.2`; for reflect-client, the grpc pin and the first 16 hex
+    /// digits of the SHA-256 of its `main.go` followed by its `go.mod` (as `build.sh` names it).
     pub fn version(self) -> String {
-        pins().iter().find(|(k, _)| k == self.key()).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("tests/peers/versions.env pins no {}", self.key()))
+        let pin =
+            pins().iter().find(|(k, _)| k == self.key()).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("tests/peers/versions.env pins no {}", self.key()));
+        match self {
+            Peer::ReflectClient => format!("{pin}-{}", source_hash(&peers_dir().join("reflect-client"))),
+            _ => pin,
+        }
     }
 
     /// `<cache_dir()>/bin/<name>-<version>`.
@@ -62,14 +75,26 @@ impl Peer {
         let path = self.dir().join(program);
         if !path.is_file() {
             panic!(
-                "{program} ({} {}) is not built at {}: run tests/peers/build.sh, which builds the pinned peers from the Go module proxy (needs Go 1.26 or newer; tests/run.sh runs it)",
+                "{program} ({} {}) is not built at {}: run tests/peers/build.sh (or tests/peers/build.sh {}), which builds the pinned peers from the Go module proxy (needs Go 1.26 or newer; tests/run.sh runs it)",
                 self.name(),
                 self.version(),
-                path.display()
+                path.display(),
+                self.name()
             );
         }
         path
     }
+}
+
+/// The first 16 hex digits of the SHA-256 of `main.go` followed by `go.mod` in `dir`.
+fn source_hash(dir: &Path) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for file in ["main.go", "go.mod"] {
+        let path = dir.join(file);
+        hasher.update(std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())));
+    }
+    hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// `tests/peers/versions.env` as (name, value) pairs.

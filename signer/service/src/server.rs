@@ -57,8 +57,18 @@ fn read(path: &std::path::Path, what: &'static str) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(Error::io(path, what))
 }
 
+/// A reflection builder that knows every service this server answers: kforge's, health, and both
+/// versions of reflection itself.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kforge_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
 /// Loads keys, opens the audit log and starts serving `kforge.signer.v1.Signer`, gRPC health,
-/// server reflection and (if configured) Prometheus metrics.
+/// server reflection (v1 and v1alpha) and (if configured) Prometheus metrics.
 pub async fn serve(config: Config) -> Result<Running, Error> {
     config.validate()?;
     let keys_cfg = config.keys.clone();
@@ -91,11 +101,11 @@ pub async fn serve(config: Config) -> Result<Running, Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<SignerServer<SignerService>>().await;
     reporter.set_serving::<BuilderServer<crate::build::BuildService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kforge_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Serve { what: "server reflection".into(), cause: e.to_string() })?;
+    // Server reflection in both versions: grpc.reflection.v1, and v1alpha for the many clients
+    // that speak only it (grpcio's reflection, grpc_cli, older grpcurl). Each lists both.
+    let reflection_error = |e: tonic_reflection::server::Error| Error::Serve { what: "server reflection".into(), cause: e.to_string() };
+    let reflection = reflection_builder().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha().map_err(reflection_error)?;
 
     // Modules are large: wide HTTP/2 windows and big frames avoid a flow-control round trip and a
     // wake-up every 64 KiB.
@@ -126,7 +136,7 @@ pub async fn serve(config: Config) -> Result<Running, Error> {
     };
 
     let (tx, rx) = oneshot::channel::<()>();
-    let router = builder.add_service(health).add_service(reflection).add_service(signer).add_service(build);
+    let router = builder.add_service(health).add_service(reflection).add_service(reflection_v1alpha).add_service(signer).add_service(build);
     let task = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(incoming, async {
