@@ -36,7 +36,7 @@ impl Server {
             .expect("start kforge serve");
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the banner");
-        let Some(addr) = line.trim().strip_prefix("kforge signer listening on ").map(str::to_string) else {
+        let Some(addr) = line.trim().strip_prefix("kforge serves the signer and the builder on ").map(str::to_string) else {
             let _ = child.kill();
             let _ = child.wait();
             panic!("kforge serve did not start: {line}\n{}", tail(&log, 40));

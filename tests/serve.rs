@@ -501,3 +501,71 @@ async fn a_signature_that_cannot_be_audited_is_never_returned() {
     assert!(e.message.contains("could not be recorded in the audit log"), "{}", e.message);
     running.shutdown().await.expect("shutdown");
 }
+
+/// Build requests go through the same limits as signing: a Build with more than tonic's default
+/// 4 MiB of context reaches the service, the per-caller request rate applies, a failure says its
+/// kind, and the metrics count builds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_requests_pass_the_message_limit_and_meet_the_rate_limit_and_the_metrics() {
+    use kforge_proto::builder::v1::{self as bpb, build_event::Event as E, builder_client::BuilderClient};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = in_process_config(dir.path(), 1 << 20);
+    config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    config.limits.requests_per_second = 1.0;
+    if let Some(b) = config.builder.as_mut() {
+        b.buildkit = format!("unix://{}", dir.path().join("no-buildkitd.sock").display());
+    }
+    let running = kforge_signer_service::serve(config).await.expect("serve");
+    let mut client = BuilderClient::connect(format!("http://{}", running.addr)).await.expect("connect").max_encoding_message_size(64 << 20);
+
+    // 6 MiB of sources: past tonic's default limit, within the service's. The request arrives and
+    // fails only because no BuildKit listens there.
+    let big = bpb::BuildRequest {
+        image: "127.0.0.1:1/big:1".into(),
+        dockerfile: "FROM scratch\nCOPY . /\n".into(),
+        context: vec![bpb::ContextFile { path: "blob.c".into(), mode: 0o644, data: vec![b'x'; 6 << 20].into() }],
+        ..Default::default()
+    };
+    let e = client.build(big).await.expect_err("no BuildKit");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "the request reached the service: {e:?}");
+    assert!(e.message().contains("no-buildkitd.sock"), "names the BuildKit it tried: {}", e.message());
+
+    // A sign-only request whose unsigned image cannot be read fails inside the stream, with a kind.
+    let sign_only = bpb::BuildRequest {
+        image: "127.0.0.1:1/signed:1".into(),
+        sign: Some(bpb::SignSpec { key: "dev".into(), unsigned_image: "127.0.0.1:1/unsigned:1".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let mut stream = client.build(sign_only.clone()).await.expect("the stream starts").into_inner();
+    let mut last = None;
+    while let Some(ev) = stream.message().await.expect("events") {
+        last = ev.event;
+    }
+    let Some(E::Failed(failed)) = last else { panic!("want BuildFailed, got {last:?}") };
+    assert_eq!(failed.kind(), bpb::FailureKind::Signing, "{failed:?}");
+    assert!(failed.message.contains("127.0.0.1:1"), "{}", failed.message);
+
+    // Three requests in a row from one caller, one per second allowed (bursts of two): the third
+    // is refused. Earlier requests of this test used the burst, so wait for the bucket to refill.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut refused = None;
+    for _ in 0..3 {
+        if let Err(e) = client.build(sign_only.clone()).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let refused = refused.expect("the rate limit refuses a request");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("requests per second"), "{}", refused.message());
+
+    let metrics_addr = running.metrics_addr.expect("metrics");
+    let text = tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new("curl").args(["-sf", &format!("http://{metrics_addr}/metrics")]).output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .expect("curl task");
+    assert!(text.lines().any(|l| l.starts_with("kforge_signer_builds_total{result=\"failed\"}")), "builds are counted:\n{text}");
+    running.shutdown().await.expect("shutdown");
+}

@@ -150,6 +150,7 @@ impl BuilderApi for BuildService {
         };
         let prepared = kmm.prepare(self.dtk.as_deref()).await.map_err(|e| kmm_status(&e))?;
         let request = prepared.request;
+        kforge_builder::Target::parse(&request.image).map_err(|e| Status::invalid_argument(crate::error::chain(&e)))?;
         let builder = match &request.source {
             kforge_kmm::Source::Dockerfile(_) => Some(self.builder().await?.clone()),
             kforge_kmm::Source::Unsigned(_) => None,
