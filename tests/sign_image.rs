@@ -187,6 +187,47 @@ fn plain_registry_round_trip_mounts_blobs_and_leaves_only_the_target_tag() {
 }
 
 #[test]
+fn a_loopback_registry_is_plain_http_without_insecure() {
+    let fx = fx();
+    let reg = Registry::start_plain();
+    let src = fx.p("src");
+    oci::write_image(&src, "v1", &stack(&fx));
+    registry::skopeo_copy(&format!("oci:{}:v1", src.display()), &format!("docker://{}/mods/src:v1", reg.host()), &reg.skopeo_dest_flags());
+
+    // 127.0.0.1:PORT with no TLS flag at all: plain HTTP at once, as `kforge build` does, with no
+    // HTTPS attempt retried first.
+    let from = format!("{}/mods/src:v1", reg.host());
+    let to = format!("{}/mods/signed:{}", reg.host(), fx.abi);
+    let out = output(&mut fx.sign_image(&from, &to));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("retrying"), "no HTTPS attempt is retried:\n{stderr}");
+    let digest = stdout.trim();
+
+    let raw = registry::skopeo_raw_manifest(&format!("docker://{to}"), &reg.skopeo_flags());
+    assert_eq!(oci::sha256(&raw), digest, "the tag points at the digest kforge printed");
+    assert_eq!(reg.tags("mods/signed"), std::slice::from_ref(&fx.abi));
+    let pulled = fx.p("pulled");
+    registry::skopeo_copy(&format!("docker://{to}"), &format!("oci:{}:signed", pulled.display()), &reg.skopeo_src_flags());
+    let rootfs = fx.unpack(&pulled, "signed");
+    fx.check_signed(&rootfs, &fx.mods("extra/kforge_params.ko"), &fx.params);
+    fx.check_signed(&rootfs, &fx.mods("extra/kforge_hello.ko"), &fx.hello);
+
+    // The same registry named `localhost:PORT` is on this machine as well.
+    let port = reg.host().rsplit_once(':').map(|(_, p)| p.to_string()).expect("port");
+    let out = output(&mut fx.sign_image(&format!("localhost:{port}/mods/src:v1"), &format!("localhost:{port}/mods/signed:localhost")));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), digest, "same image, same key: same digest");
+
+    // A CA bundle asks for HTTPS: the plain-HTTP answer is reported at once, not retried.
+    let out = output(fx.sign_image(&from, &format!("{}/mods/signed:https", reg.host())).arg("--registry-ca").arg(&fx.keys.cert_pem));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("answered plain HTTP") && stderr.contains("--insecure") && stderr.contains(reg.host()), "{stderr}");
+    assert!(!stderr.contains("retrying"), "a plain-HTTP answer is not retried:\n{stderr}");
+}
+
+#[test]
 fn tls_registry_with_basic_auth_and_a_wrong_password_pushes_nothing() {
     let fx = fx();
     let reg = Registry::start_tls_basic_auth("builder", "s3cret:pw");
@@ -201,8 +242,19 @@ fn tls_registry_with_basic_auth_and_a_wrong_password_pushes_nothing() {
     assert!(out.contains("authentication failed") || out.contains("401") || out.contains("nauthorized"), "{out}");
     assert!(reg.tags("mods/signed").is_empty(), "nothing pushed");
 
+    // With no TLS setting a registry on this machine is plain HTTP: the HTTPS answer is named, with
+    // the flags that reach it over TLS.
     let out = fails(fx.sign_image(&from, &format!("{}/mods/signed:v1", reg.host())).arg("--auth-file").arg(reg.auth_file("builder", "s3cret:pw")));
-    assert!(out.contains(&reg.host().to_string()), "an untrusted certificate names the registry: {out}");
+    assert!(out.contains(&reg.host().to_string()) && out.contains("speaks HTTPS") && out.contains("--registry-ca"), "{out}");
+    // Over HTTPS certificates are checked: a CA that did not sign the registry's certificate is refused.
+    let out = fails(
+        fx.sign_image(&from, &format!("{}/mods/signed:v1", reg.host()))
+            .arg("--registry-ca")
+            .arg(&fx.keys.cert_pem)
+            .arg("--auth-file")
+            .arg(reg.auth_file("builder", "s3cret:pw")),
+    );
+    assert!(out.contains(&reg.host().to_string()) && out.contains("certificate"), "an untrusted certificate names the registry: {out}");
 
     let good = reg.auth_file("builder", "s3cret:pw");
     let out = output(fx.sign_image(&from, &format!("{}/mods/signed:v1", reg.host())).arg("--registry-ca").arg(&ca).arg("--auth-file").arg(&good));

@@ -26,6 +26,20 @@ pub enum Error {
         /// What the client or server said.
         cause: String,
     },
+    /// A registry reached over HTTPS answered the TLS handshake in plain HTTP. Not retried: asking
+    /// again cannot help.
+    #[error(
+        "registry {registry}: {what} failed: the registry answered plain HTTP to HTTPS; reach it over plain HTTP with --insecure-registry {registry} or --insecure (registryTLS.insecure)"
+    )]
+    PlainHttp {
+        /// Registry host.
+        registry: String,
+        /// The operation.
+        what: String,
+        /// The TLS error, as the client reported it.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// Credentials are needed and were refused or missing.
     #[error("registry {registry}: authentication failed for {what}: {cause}; give credentials with --auth-file or in ~/.docker/config.json")]
     Auth {

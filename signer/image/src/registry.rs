@@ -1,5 +1,6 @@
 //! Registry access through `oci-client`: credentials, TLS per registry, retries with backoff.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
@@ -29,6 +30,11 @@ pub struct RegistryTls {
 }
 
 /// How to reach registries: credentials, TLS per host, timeouts and retries.
+///
+/// A registry on this machine (`localhost`, `127.0.0.0/8`, `[::1]`) with no entry of its own in
+/// `per_registry` is plain HTTP, as Docker, containerd and BuildKit treat such registries, unless
+/// `tls` asks for something only HTTPS has (a CA bundle, skipped verification). Every client made
+/// for a reference applies this rule; an entry in `per_registry` always wins.
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
     /// Credentials by registry host.
@@ -66,21 +72,36 @@ impl RegistryOptions {
         Ok(())
     }
 
-    /// These options, with `image`'s registry as plain HTTP if it is on this machine (`localhost`,
-    /// `127.*`, `[::1]`) and has no TLS settings of its own, as BuildKit and Docker treat such registries.
+    /// These options, with `image`'s registry written down as plain HTTP in `per_registry` if the
+    /// loopback rule (see [`RegistryOptions`]) makes it so. Every registry client applies the rule
+    /// already, so this changes no behaviour; it makes the choice visible in `per_registry`.
     pub fn with_loopback_plain_http(&self, image: &str) -> RegistryOptions {
         let mut opts = self.clone();
         if let Ok(reference) = image.parse::<Reference>() {
             let registry = reference.registry();
-            if is_loopback(registry) && !opts.per_registry.contains_key(registry) {
+            if opts.loopback_plain_http(registry) {
                 opts.per_registry.insert(registry.to_string(), RegistryTls { insecure: true, ..Default::default() });
             }
         }
         opts
     }
 
-    fn tls_for(&self, host: &str) -> &RegistryTls {
-        self.per_registry.get(host).unwrap_or(&self.tls)
+    /// The TLS settings for `registry` (`host[:port]` as written in the image reference): its own
+    /// entry in `per_registry`, else plain HTTP if the loopback rule applies, else `tls`.
+    fn tls_for(&self, registry: &str) -> Cow<'_, RegistryTls> {
+        if let Some(own) = self.per_registry.get(registry) {
+            Cow::Borrowed(own)
+        } else if self.loopback_plain_http(registry) {
+            Cow::Owned(RegistryTls { insecure: true, ..Default::default() })
+        } else {
+            Cow::Borrowed(&self.tls)
+        }
+    }
+
+    /// Whether the loopback rule makes `registry` plain HTTP: on this machine, no settings of its
+    /// own, and no CA bundle or skipped verification (which only mean something over HTTPS) for all.
+    fn loopback_plain_http(&self, registry: &str) -> bool {
+        is_loopback(registry) && !self.per_registry.contains_key(registry) && self.tls.ca_pem.is_empty() && !self.tls.skip_verify
     }
 }
 
@@ -96,6 +117,7 @@ pub(crate) struct RegistryRepo {
 impl RegistryRepo {
     pub async fn connect(reference: &Reference, opts: &RegistryOptions) -> Result<Self, Error> {
         let registry = reference.resolve_registry().to_string();
+        // The loopback rule (plain HTTP for registries on this machine) is applied here, for every caller.
         let tls = opts.tls_for(reference.registry());
         let config = ClientConfig {
             protocol: if tls.insecure { ClientProtocol::Http } else { ClientProtocol::Https },
@@ -129,7 +151,8 @@ impl RegistryRepo {
         }
     }
 
-    /// Runs `op`, retrying with backoff on server errors and connection failures.
+    /// Runs `op`, retrying with backoff on server errors and connection failures (not on a plain-HTTP
+    /// answer to HTTPS: that one is reported at once).
     async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, Error>
     where
         F: Fn() -> Fut,
@@ -152,6 +175,9 @@ impl RegistryRepo {
     }
 
     fn error(&self, what: &str, e: OciDistributionError) -> Error {
+        if answered_plain_http(&e) {
+            return Error::PlainHttp { registry: self.registry.clone(), what: what.to_string(), source: Box::new(e) };
+        }
         match e {
             OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
                 Error::Auth { registry: self.registry.clone(), what: what.to_string(), cause: e.to_string() }
@@ -160,6 +186,14 @@ impl RegistryRepo {
                 registry: self.registry.clone(),
                 what: what.to_string(),
                 cause: format!("unreachable ({}); check the address, and --insecure for plain-HTTP registries", chain(r)),
+            },
+            // Plain HTTP to an HTTPS server, most likely a TLS registry on this machine reached by the loopback rule.
+            other if answered_https(&other) => Error::Registry {
+                registry: self.registry.clone(),
+                what: what.to_string(),
+                cause: format!(
+                    "{other}; the registry speaks HTTPS, not plain HTTP: drop --insecure (registryTLS.insecure) for it, or, for a registry on this machine (plain HTTP unless given TLS settings), give --registry-ca or --insecure-skip-tls-verify"
+                ),
             },
             other => Error::Registry { registry: self.registry.clone(), what: what.to_string(), cause: other.to_string() },
         }
@@ -240,14 +274,17 @@ impl RegistryRepo {
     }
 }
 
-/// Whether `registry` (`host[:port]`) is on this machine.
+/// Whether `registry` (`host[:port]`, an IPv6 address in brackets) is on this machine: `localhost`,
+/// an address in `127.0.0.0/8`, or `[::1]`.
 fn is_loopback(registry: &str) -> bool {
-    let host = if registry.starts_with('[') {
-        registry.split_once(']').map(|(h, _)| format!("{h}]")).unwrap_or_else(|| registry.to_string())
-    } else {
-        registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry).to_string()
+    let host = match registry.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((address, _)) => address,
+            None => return false,
+        },
+        None => registry.rsplit_once(':').map_or(registry, |(host, _)| host),
     };
-    host == "localhost" || host.starts_with("127.") || host == "[::1]"
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether a registry error means "no such manifest" (404, MANIFEST_UNKNOWN, NAME_UNKNOWN).
@@ -295,12 +332,34 @@ pub async fn image_labels(image: &str, opts: &RegistryOptions) -> Result<Option<
 }
 
 fn retryable(e: &OciDistributionError) -> bool {
+    if answered_plain_http(e) {
+        return false;
+    }
     match e {
         OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
         OciDistributionError::RequestError(r) => r.is_connect() || r.is_timeout() || r.is_request(),
         OciDistributionError::IoError(_) => true,
         _ => false,
     }
+}
+
+/// Whether the TLS handshake failed because the server answered in plain HTTP: rustls's
+/// `InvalidMessage(InvalidContentType)` ("received corrupt message of type InvalidContentType", an
+/// HTTP status line is no TLS record), OpenSSL's "wrong version number", Go's "server gave HTTP
+/// response to HTTPS client", somewhere in the `source()` chain. rustls's error type is not a
+/// dependency of this crate (it comes through reqwest), so the chain is matched by its text.
+fn answered_plain_http(e: &(dyn std::error::Error + 'static)) -> bool {
+    const MARKS: [&str; 3] = ["InvalidContentType", "wrong version number", "server gave HTTP response to HTTPS client"];
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        let text = e.to_string();
+        MARKS.iter().any(|mark| text.contains(mark))
+    })
+}
+
+/// Whether a plain-HTTP request reached an HTTPS server (Go's `net/http`, so Distribution, answers
+/// such requests "400 Client sent an HTTP request to an HTTPS server").
+fn answered_https(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| e.to_string().contains("Client sent an HTTP request to an HTTPS server"))
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -316,16 +375,113 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn loopback_registries_are_plain_http_unless_configured() {
-        assert!(is_loopback("127.0.0.1:5000") && is_loopback("localhost:5000") && is_loopback("[::1]:5000") && is_loopback("localhost"));
-        assert!(!is_loopback("registry.example:5000") && !is_loopback("quay.io") && !is_loopback("10.0.0.1:5000"));
+        for host in ["127.0.0.1:5000", "127.1.2.3:5000", "localhost:5000", "LOCALHOST:5000", "localhost", "127.0.0.1", "[::1]:5000", "[::1]"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["registry.example:5000", "quay.io", "10.0.0.1:5000", "127.example.com:5000", "localhost.example:5000", "[::2]:5000", "[::1"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+
+        // The rule as every client applies it.
+        let opts = RegistryOptions::default();
+        for host in ["127.0.0.1:5000", "localhost:5000", "[::1]:5000"] {
+            assert!(opts.tls_for(host).insecure, "{host} is plain HTTP");
+        }
+        for host in ["quay.io", "registry.example:5000", "10.0.0.1:5000"] {
+            assert!(!opts.tls_for(host).insecure, "{host} is HTTPS");
+        }
+        let mut opts = RegistryOptions::default();
+        opts.per_registry.insert("localhost:5000".into(), RegistryTls { skip_verify: true, ..Default::default() });
+        opts.per_registry.insert("127.0.0.1:5443".into(), RegistryTls::default());
+        assert!(!opts.tls_for("localhost:5000").insecure && opts.tls_for("localhost:5000").skip_verify, "explicit settings win");
+        assert!(!opts.tls_for("127.0.0.1:5443").insecure, "explicit HTTPS wins");
+        assert!(opts.tls_for("127.0.0.1:5000").insecure, "other loopback registries keep the rule");
+        let mut opts = RegistryOptions::default();
+        opts.tls.ca_pem.push(b"-----BEGIN CERTIFICATE-----".to_vec());
+        assert!(!opts.tls_for("127.0.0.1:5000").insecure, "a CA bundle for all registries means HTTPS");
+        let opts = RegistryOptions { tls: RegistryTls { skip_verify: true, ..Default::default() }, ..Default::default() };
+        assert!(!opts.tls_for("127.0.0.1:5000").insecure, "skipping verification for all registries means HTTPS");
+        let opts = RegistryOptions { tls: RegistryTls { insecure: true, ..Default::default() }, ..Default::default() };
+        assert!(opts.tls_for("quay.io").insecure && opts.tls_for("127.0.0.1:5000").insecure);
+
+        // The explicit form other crates call agrees with the rule.
         let opts = RegistryOptions::default();
         assert!(opts.with_loopback_plain_http("127.0.0.1:5000/dtk:6.1").per_registry["127.0.0.1:5000"].insecure);
         assert!(opts.with_loopback_plain_http("quay.io/org/dtk:6.1").per_registry.is_empty());
         let mut opts = RegistryOptions::default();
         opts.per_registry.insert("localhost:5000".into(), RegistryTls { skip_verify: true, ..Default::default() });
         assert!(!opts.with_loopback_plain_http("localhost:5000/dtk:1").per_registry["localhost:5000"].insecure, "explicit settings win");
+    }
+
+    #[test]
+    fn protocol_mismatches_are_recognised_through_the_error_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("error sending request")]
+        struct Outer(#[source] std::io::Error);
+        let tls = std::io::Error::new(std::io::ErrorKind::InvalidData, "received corrupt message of type InvalidContentType");
+        assert!(answered_plain_http(&Outer(tls)));
+        let openssl = std::io::Error::other("error:0A00010B:SSL routines:ssl3_get_record:wrong version number");
+        assert!(answered_plain_http(&Outer(openssl)));
+        assert!(!answered_plain_http(&Outer(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))));
+        assert!(!answered_plain_http(&Outer(std::io::Error::other("invalid peer certificate: UnknownIssuer"))));
+        assert!(answered_https(&Outer(std::io::Error::other("code: 400, message: Client sent an HTTP request to an HTTPS server."))));
+        assert!(!answered_https(&Outer(std::io::Error::other("code: 400, message: bad request"))));
+    }
+
+    /// A loopback server answering any bytes with a plain-HTTP 400 and closing; counts connections.
+    async fn plain_http_server() -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let registry = format!("127.0.0.1:{}", listener.local_addr().expect("local address").port());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = connections.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = socket.read(&mut buf).await;
+                    let _ = socket.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        (registry, connections, server)
+    }
+
+    /// HTTPS forced (a setting of its own) for a loopback server that answers plain HTTP: the
+    /// `PlainHttp` error at once, no retries.
+    #[tokio::test]
+    async fn a_plain_http_answer_to_https_is_reported_at_once_without_retries() {
+        // What one attempt costs: oci-client pings /v2/ for a token before a request (and ignores
+        // that failure), so an attempt may open more than one connection.
+        let mut per_attempt = None;
+        for attempts in [1, 4] {
+            let (registry, connections, server) = plain_http_server().await;
+            let mut opts = RegistryOptions { timeout: Duration::from_secs(10), attempts, ..Default::default() };
+            opts.per_registry.insert(registry.clone(), RegistryTls { insecure: false, ..Default::default() });
+            let error = resolve_digest(&format!("{registry}/mods/x:v1"), &opts).await.expect_err("HTTPS to a plain-HTTP server fails");
+            server.abort();
+
+            assert!(matches!(&error, Error::PlainHttp { registry: r, .. } if *r == registry), "{error:?}");
+            let message = error.to_string();
+            assert!(message.contains("plain HTTP") && message.contains("--insecure") && message.contains("registryTLS.insecure"), "{message}");
+            let cause = std::error::Error::source(&error).map(chain).unwrap_or_default();
+            assert!(cause.contains("InvalidContentType"), "the TLS error is kept as the source: {cause}");
+
+            let seen = connections.load(Ordering::SeqCst);
+            match per_attempt {
+                None => {
+                    assert!((1..=2).contains(&seen), "one attempt: {seen} connections");
+                    per_attempt = Some(seen);
+                }
+                Some(one) => assert_eq!(seen, one, "{attempts} attempts allowed, yet only one made: no retries"),
+            }
+        }
     }
 }
