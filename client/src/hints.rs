@@ -7,6 +7,24 @@ use kforge_kmm::Error as KmmError;
 /// Said when BuildKit cannot be reached.
 pub const BUILDKIT: &str = "BuildKit: check --buildkit (or BUILDKIT_HOST) and that the daemon is running";
 
+/// The flag hint for a registry error, if one helps.
+fn image_hint(e: &kforge_image::Error) -> Option<&'static str> {
+    match e {
+        kforge_image::Error::PlainHttp { .. } => Some("pass --insecure (or --insecure-registry HOST) to reach a plain-HTTP registry"),
+        kforge_image::Error::SpeaksHttps { .. } => Some("drop --insecure for it, or give --registry-ca FILE or --insecure-skip-tls-verify"),
+        kforge_image::Error::Auth { .. } => Some("give registry credentials with --auth-file (a Docker config.json), or in ~/.docker/config.json"),
+        _ => None,
+    }
+}
+
+/// An image error for the terminal: the error and its causes, then the hint.
+pub fn image(e: kforge_image::Error) -> anyhow::Error {
+    match image_hint(&e) {
+        Some(h) => anyhow::anyhow!("{:#}\nhint: {h}", anyhow::Error::new(e)),
+        None => anyhow::Error::new(e),
+    }
+}
+
 /// The flag hint for a build-and-sign error, if one helps.
 fn hint(e: &KmmError) -> Option<&'static str> {
     match e {
@@ -14,7 +32,8 @@ fn hint(e: &KmmError) -> Option<&'static str> {
             Some("pass --build-arg DTK_AUTO=IMAGE, or say where Driver Toolkit images come from with --dtk-template, --dtk-map, --dtk-config or --kube")
         }
         KmmError::Build(BuildError::Unavailable { .. }) | KmmError::NoBuildKit { .. } => Some(BUILDKIT),
-        KmmError::Image(kforge_image::Error::Auth { .. }) | KmmError::Build(BuildError::Build { .. }) if e.to_string().contains("credentials") => {
+        KmmError::Image(i) => image_hint(i),
+        KmmError::Build(BuildError::Build { failure, .. }) if matches!(failure.kind, kforge_builder::FailureKind::BaseImage { auth: true, .. }) => {
             Some("give registry credentials with --auth-file (a Docker config.json)")
         }
         _ => None,

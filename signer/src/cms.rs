@@ -70,18 +70,18 @@ fn parse_inner(der: &[u8]) -> Result<Parsed, String> {
     let mut outer = Reader::new(der);
     let mut content_info = outer.enter(tag::SEQUENCE, "ContentInfo")?;
     outer.finish("ContentInfo")?;
-    if content_info.expect(tag::OID, "contentType")?.content != OID_SIGNED_DATA {
+    if content_info.read_tag(tag::OID, "contentType")?.content != OID_SIGNED_DATA {
         return Err("content type is not signedData".into());
     }
     let mut explicit = content_info.enter(tag::CONTEXT_0_CONSTRUCTED, "content")?;
     let mut sd = explicit.enter(tag::SEQUENCE, "SignedData")?;
-    sd.expect(tag::INTEGER, "SignedData version")?;
+    sd.read_tag(tag::INTEGER, "SignedData version")?;
     let mut digest_algs = sd.enter(tag::SET, "digestAlgorithms")?;
     while !digest_algs.is_empty() {
         digest_algs.any()?;
     }
     let mut encap = sd.enter(tag::SEQUENCE, "encapContentInfo")?;
-    if encap.expect(tag::OID, "eContentType")?.content != OID_DATA {
+    if encap.read_tag(tag::OID, "eContentType")?.content != OID_DATA {
         return Err("encapsulated content type is not id-data".into());
     }
     if !encap.is_empty() {
@@ -96,27 +96,27 @@ fn parse_inner(der: &[u8]) -> Result<Parsed, String> {
     if !signer_infos.is_empty() {
         return Err("more than one SignerInfo; the kernel uses only one".into());
     }
-    si.expect(tag::INTEGER, "SignerInfo version")?;
+    si.read_tag(tag::INTEGER, "SignerInfo version")?;
     let sid = si.any()?;
     let signer = match sid.tag {
         tag::SEQUENCE => {
             let mut ias = Reader::new(sid.content);
-            let issuer = ias.expect(tag::SEQUENCE, "issuer")?.raw.to_vec();
-            let serial = ias.expect(tag::INTEGER, "serialNumber")?.raw.to_vec();
+            let issuer = ias.read_tag(tag::SEQUENCE, "issuer")?.raw.to_vec();
+            let serial = ias.read_tag(tag::INTEGER, "serialNumber")?.raw.to_vec();
             SignerId::IssuerSerial { issuer, serial }
         }
         tag::CONTEXT_0_PRIMITIVE => SignerId::KeyId(sid.content.to_vec()),
         other => return Err(format!("unknown signer identifier tag 0x{other:02x}")),
     };
     let mut digest_alg = si.enter(tag::SEQUENCE, "digestAlgorithm")?;
-    let oid = digest_alg.expect(tag::OID, "digest OID")?.content;
+    let oid = digest_alg.read_tag(tag::OID, "digest OID")?.content;
     let hash = HashAlgorithm::from_oid(oid).ok_or_else(|| format!("unsupported digest algorithm OID {}", hex::encode(oid)))?;
     if si.peek_tag() == Some(tag::CONTEXT_0_CONSTRUCTED) {
         return Err("signed attributes are present; kernel module signatures carry none".into());
     }
     let mut sig_alg = si.enter(tag::SEQUENCE, "signatureAlgorithm")?;
-    let signature_algorithm = sig_alg.expect(tag::OID, "signature algorithm OID")?.content.to_vec();
-    let signature = si.expect(tag::OCTET_STRING, "signature")?.content.to_vec();
+    let signature_algorithm = sig_alg.read_tag(tag::OID, "signature algorithm OID")?.content.to_vec();
+    let signature = si.read_tag(tag::OCTET_STRING, "signature")?.content.to_vec();
     Ok(Parsed { hash, signer, signature, signature_algorithm })
 }
 
@@ -155,9 +155,9 @@ mod tests {
         // ContentInfo / [0] / SignedData / version INTEGER 3
         let mut r = Reader::new(&der);
         let mut ci = r.enter(tag::SEQUENCE, "ci").expect("ci");
-        ci.expect(tag::OID, "oid").expect("oid");
+        ci.read_tag(tag::OID, "oid").expect("oid");
         let mut sd = ci.enter(0xa0, "x").expect("x").enter(tag::SEQUENCE, "sd").expect("sd");
-        assert_eq!(sd.expect(tag::INTEGER, "v").expect("v").content, &[3]);
+        assert_eq!(sd.read_tag(tag::INTEGER, "v").expect("v").content, &[3]);
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a TLV that must carry `tag`.
-    pub fn expect(&mut self, tag: u8, what: &str) -> Result<Tlv<'a>, String> {
+    pub fn read_tag(&mut self, tag: u8, what: &str) -> Result<Tlv<'a>, String> {
         let tlv = self.any().map_err(|e| format!("{what}: {e}"))?;
         if tlv.tag != tag {
             return Err(format!("{what}: expected tag 0x{tag:02x}, found 0x{:02x}", tlv.tag));
@@ -107,7 +107,7 @@ impl<'a> Reader<'a> {
 
     /// Reads a TLV that must carry `tag` and returns a reader over its content.
     pub fn enter(&mut self, tag: u8, what: &str) -> Result<Reader<'a>, String> {
-        Ok(Reader::new(self.expect(tag, what)?.content))
+        Ok(Reader::new(self.read_tag(tag, what)?.content))
     }
 
     /// Requires that nothing is left.
@@ -142,7 +142,7 @@ mod tests {
             let content = vec![0xabu8; len];
             let enc = tlv(tag::OCTET_STRING, &content);
             let mut r = Reader::new(&enc);
-            let t = r.expect(tag::OCTET_STRING, "x").expect("decodes");
+            let t = r.read_tag(tag::OCTET_STRING, "x").expect("decodes");
             assert_eq!(t.content.len(), len);
             assert_eq!(t.raw.len(), enc.len());
             assert!(r.is_empty());

@@ -93,9 +93,9 @@ fn issuer_and_serial(cert_der: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
     if tbs.peek_tag() == Some(tag::CONTEXT_0_CONSTRUCTED) {
         tbs.any()?; // version
     }
-    let serial = tbs.expect(tag::INTEGER, "serialNumber")?;
-    tbs.expect(tag::SEQUENCE, "signature algorithm")?;
-    let issuer = tbs.expect(tag::SEQUENCE, "issuer")?;
+    let serial = tbs.read_tag(tag::INTEGER, "serialNumber")?;
+    tbs.read_tag(tag::SEQUENCE, "signature algorithm")?;
+    let issuer = tbs.read_tag(tag::SEQUENCE, "issuer")?;
     Ok((issuer.raw.to_vec(), serial.raw.to_vec()))
 }
 

@@ -144,7 +144,7 @@ pub(crate) fn name_line(name: &X509NameRef) -> String {
 
 /// The magnitude of a DER INTEGER as colon-separated hex, like `modinfo`'s `sig_key`.
 pub(crate) fn serial_hex(integer_der: &[u8]) -> Option<String> {
-    let content = Reader::new(integer_der).expect(tag::INTEGER, "serial").ok()?.content;
+    let content = Reader::new(integer_der).read_tag(tag::INTEGER, "serial").ok()?.content;
     let trimmed = match content {
         [0, rest @ ..] if !rest.is_empty() => rest,
         other => other,

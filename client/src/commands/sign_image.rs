@@ -98,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let events: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(move |e| report(&e, verbose));
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    let result = runtime.block_on(sign_image(&req, events))?;
+    let result = runtime.block_on(sign_image(&req, events)).map_err(crate::hints::image)?;
     eprintln!(
         "signed {} file{} and pushed {} ({}) in {:.1}s, {} uploaded",
         result.signed.len(),

@@ -28,9 +28,7 @@ pub enum Error {
     },
     /// A registry reached over HTTPS answered the TLS handshake in plain HTTP. Not retried: asking
     /// again cannot help.
-    #[error(
-        "registry {registry}: {what} failed: the registry answered plain HTTP to HTTPS; reach it over plain HTTP with --insecure-registry {registry} or --insecure (registryTLS.insecure)"
-    )]
+    #[error("registry {registry}: {what} failed: the registry answered plain HTTP to HTTPS; reach it over plain HTTP (registryTLS.insecure)")]
     PlainHttp {
         /// Registry host.
         registry: String,
@@ -40,8 +38,20 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// A registry reached over plain HTTP speaks HTTPS.
+    #[error(
+        "registry {registry}: {what} failed: {cause}; the registry speaks HTTPS, not plain HTTP: reach it over HTTPS (registryTLS.insecure off), with its CA or without verification (registryTLS.insecureSkipTLSVerify)"
+    )]
+    SpeaksHttps {
+        /// Registry host.
+        registry: String,
+        /// The operation.
+        what: String,
+        /// What the client said.
+        cause: String,
+    },
     /// Credentials are needed and were refused or missing.
-    #[error("registry {registry}: authentication failed for {what}: {cause}; give credentials with --auth-file or in ~/.docker/config.json")]
+    #[error("registry {registry}: authentication failed for {what}: {cause}; give credentials for {registry} (a Docker config: an auth file or a pull secret)")]
     Auth {
         /// Registry host.
         registry: String,

@@ -185,16 +185,10 @@ impl RegistryRepo {
             OciDistributionError::RequestError(ref r) if r.is_connect() || r.is_timeout() => Error::Registry {
                 registry: self.registry.clone(),
                 what: what.to_string(),
-                cause: format!("unreachable ({}); check the address, and --insecure for plain-HTTP registries", chain(r)),
+                cause: format!("unreachable ({}); check the address, and whether the registry speaks plain HTTP (registryTLS.insecure)", chain(r)),
             },
             // Plain HTTP to an HTTPS server, most likely a TLS registry on this machine reached by the loopback rule.
-            other if answered_https(&other) => Error::Registry {
-                registry: self.registry.clone(),
-                what: what.to_string(),
-                cause: format!(
-                    "{other}; the registry speaks HTTPS, not plain HTTP: drop --insecure (registryTLS.insecure) for it, or, for a registry on this machine (plain HTTP unless given TLS settings), give --registry-ca or --insecure-skip-tls-verify"
-                ),
-            },
+            other if answered_https(&other) => Error::SpeaksHttps { registry: self.registry.clone(), what: what.to_string(), cause: other.to_string() },
             other => Error::Registry { registry: self.registry.clone(), what: what.to_string(), cause: other.to_string() },
         }
     }
@@ -470,7 +464,7 @@ mod tests {
 
             assert!(matches!(&error, Error::PlainHttp { registry: r, .. } if *r == registry), "{error:?}");
             let message = error.to_string();
-            assert!(message.contains("plain HTTP") && message.contains("--insecure") && message.contains("registryTLS.insecure"), "{message}");
+            assert!(message.contains("plain HTTP") && message.contains("registryTLS.insecure") && !message.contains("--"), "names no CLI flag: {message}");
             let cause = std::error::Error::source(&error).map(chain).unwrap_or_default();
             assert!(cause.contains("InvalidContentType"), "the TLS error is kept as the source: {cause}");
 
