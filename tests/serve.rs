@@ -262,8 +262,8 @@ async fn sign(client: &mut SignerClient<tonic::transport::Channel>, id: String, 
     Ok(out)
 }
 
-fn in_process_config(dir: &Path, max_module_bytes: u64) -> kforge_signer_service::Config {
-    let mut c = kforge_signer_service::Config::development(dir).expect("config");
+fn in_process_config(dir: &Path, max_module_bytes: u64) -> kforge::Config {
+    let mut c = kforge::Config::development(dir).expect("config");
     c.listen = "127.0.0.1:0".parse().expect("addr");
     c.metrics_listen = None;
     c.limits.max_module_bytes = max_module_bytes;
@@ -275,7 +275,7 @@ async fn a_hundred_concurrent_clients_sign_two_thousand_modules_each_verified_an
     let dir = tempfile::tempdir().expect("tempdir");
     let config = in_process_config(dir.path(), 512 << 20);
     let audit_path = config.audit_log.clone();
-    let running = kforge_signer_service::serve(config).await.expect("serve");
+    let running = kforge::serve(config).await.expect("serve");
     let url = format!("http://{}", running.addr);
 
     let channel = tonic::transport::Channel::from_shared(url.clone()).expect("url").connect().await.expect("connect");
@@ -313,7 +313,7 @@ async fn a_hundred_concurrent_clients_sign_two_thousand_modules_each_verified_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_module_errors_do_not_end_the_stream_and_verify_checks_cryptographically() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let running = kforge_signer_service::serve(in_process_config(dir.path(), 1 << 20)).await.expect("serve");
+    let running = kforge::serve(in_process_config(dir.path(), 1 << 20)).await.expect("serve");
     let mut client = SignerClient::connect(format!("http://{}", running.addr)).await.expect("connect");
     let hello = std::fs::read(&modules().hello).expect("read");
 
@@ -493,7 +493,7 @@ async fn a_signature_that_cannot_be_audited_is_never_returned() {
     let mut config = in_process_config(dir.path(), 1 << 20);
     // Every write to /dev/full fails with ENOSPC, like a full disk under the audit log.
     config.audit_log = PathBuf::from("/dev/full");
-    let running = kforge_signer_service::serve(config).await.expect("serve");
+    let running = kforge::serve(config).await.expect("serve");
     let mut client = SignerClient::connect(format!("http://{}", running.addr)).await.expect("connect");
     let hello = std::fs::read(&modules().hello).expect("read");
     let e = sign(&mut client, "m".into(), "dev", hello).await.expect_err("no signature without an audit record");
@@ -515,7 +515,7 @@ async fn build_requests_pass_the_message_limit_and_meet_the_rate_limit_and_the_m
     if let Some(b) = config.builder.as_mut() {
         b.buildkit = format!("unix://{}", dir.path().join("no-buildkitd.sock").display());
     }
-    let running = kforge_signer_service::serve(config).await.expect("serve");
+    let running = kforge::serve(config).await.expect("serve");
     let mut client = BuilderClient::connect(format!("http://{}", running.addr)).await.expect("connect").max_encoding_message_size(64 << 20);
 
     // 6 MiB of sources: past tonic's default limit, within the service's. The request arrives and
@@ -566,6 +566,6 @@ async fn build_requests_pass_the_message_limit_and_meet_the_rate_limit_and_the_m
     })
     .await
     .expect("curl task");
-    assert!(text.lines().any(|l| l.starts_with("kforge_signer_builds_total{result=\"failed\"}")), "builds are counted:\n{text}");
+    assert!(text.lines().any(|l| l.starts_with("kforge_builder_builds_total{result=\"failed\"}")), "builds are counted:\n{text}");
     running.shutdown().await.expect("shutdown");
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kforge_signer_service::Config;
+use kforge::Config;
 
 /// Arguments of `kforge serve`.
 #[derive(Debug, clap::Args)]
@@ -53,7 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.metrics_listen = Some(m);
     }
     if let Some(url) = &args.buildkit {
-        let mut b = config.builder.take().unwrap_or_else(kforge_signer_service::BuilderConfig::from_environment);
+        let mut b = config.builder.take().unwrap_or_else(kforge_builder_service::BuilderConfig::from_environment);
         b.buildkit = url.clone();
         config.builder = Some(b);
     }
@@ -63,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let mut running = kforge_signer_service::serve(config).await?;
+        let mut running = kforge::serve(config).await?;
         let metrics = match running.metrics_addr {
             Some(m) => format!("metrics on http://{m}/metrics"),
             None => "metrics disabled".to_string(),

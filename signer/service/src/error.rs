@@ -20,30 +20,33 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Invalid(String),
     /// A key could not be loaded.
-    #[error("key {name:?}: {error}")]
+    #[error("key {name:?}")]
     Key {
         /// Key name.
         name: String,
         /// The loader's error.
+        #[source]
         error: Box<kforge_signer::Error>,
     },
     /// A file-system operation failed.
-    #[error("{}: cannot {op}: {cause}", path.display())]
+    #[error("{}: cannot {op}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
         /// The operation.
         op: &'static str,
         /// The OS error.
+        #[source]
         cause: std::io::Error,
     },
-    /// Binding or serving failed.
-    #[error("{what}: {cause}")]
-    Serve {
+    /// Starting failed.
+    #[error("{what}")]
+    Start {
         /// What was being done.
         what: String,
         /// The error.
-        cause: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -52,19 +55,4 @@ impl Error {
         let path = path.into();
         move |cause| Error::Io { path, op, cause }
     }
-}
-
-/// An error and its causes, joined: what a remote caller reads (it has no other view of the chain).
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }

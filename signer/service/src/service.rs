@@ -11,12 +11,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use kforge_server::{Caller, Limiter, Limits, image_status};
+
 use crate::audit::{AuditLog, Record};
-use crate::auth::{Authenticator, Caller};
-use crate::config::Limits;
 use crate::keys::{Key, KeyStore};
-use crate::limits::Limiter;
-use crate::metrics::{InFlight, Metrics};
+use crate::metrics::SignerMetrics;
 
 /// Size of the data chunks the service sends back.
 const CHUNK: usize = 1 << 20;
@@ -24,10 +23,9 @@ const CHUNK: usize = 1 << 20;
 /// Shared state of the service.
 pub(crate) struct State {
     pub keys: Arc<KeyStore>,
-    pub auth: Authenticator,
     pub audit: AuditLog,
-    pub limiter: Limiter,
-    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<Limiter>,
+    pub metrics: SignerMetrics,
     pub limits: Limits,
     pub registries: kforge_image::RegistryOptions,
     next_request: AtomicU64,
@@ -36,13 +34,13 @@ pub(crate) struct State {
 impl State {
     pub fn new(
         keys: Arc<KeyStore>,
-        auth: Authenticator,
         audit: AuditLog,
         limits: Limits,
-        metrics: Arc<Metrics>,
+        limiter: Arc<Limiter>,
+        metrics: SignerMetrics,
         registries: kforge_image::RegistryOptions,
     ) -> Self {
-        State { keys, auth, audit, limiter: Limiter::new(&limits), metrics, limits, registries, next_request: AtomicU64::new(1) }
+        State { keys, audit, limiter, metrics, limits, registries, next_request: AtomicU64::new(1) }
     }
 
     /// Records every file an image signing signs, before anything is pushed.
@@ -84,7 +82,7 @@ impl State {
 
 /// The gRPC service.
 #[derive(Clone)]
-pub(crate) struct SignerService(pub Arc<State>);
+pub struct SignerService(pub(crate) Arc<State>);
 
 fn hash_of(name: &str) -> Result<HashAlgorithm, Status> {
     if name.is_empty() {
@@ -116,16 +114,12 @@ impl SignerApi for SignerService {
 
     async fn sign_modules(&self, req: Request<Streaming<pb::SignModulesRequest>>) -> Result<Response<Self::SignModulesStream>, Status> {
         let state = self.0.clone();
-        let caller = state.auth.identify(&req)?;
-        let permit = state.limiter.admit()?;
-        state.limiter.take_request(caller.name())?;
+        let caller = Caller::of(&req)?;
         let request_id = state.request_id();
         tracing::debug!(%request_id, caller = %caller.name(), "SignModules");
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
-            let _permit = permit;
-            let _in_flight = InFlight::new(&state.metrics);
             let max = state.limits.max_module_bytes;
             let mut current: Option<Incoming> = None;
             loop {
@@ -197,9 +191,7 @@ impl SignerApi for SignerService {
 
     async fn sign_image(&self, req: Request<pb::SignImageRequest>) -> Result<Response<Self::SignImageStream>, Status> {
         let state = self.0.clone();
-        let caller = state.auth.identify(&req)?;
-        let permit = state.limiter.admit()?;
-        state.limiter.take_request(caller.name())?;
+        let caller = Caller::of(&req)?;
         let request_id = state.request_id();
         let r = req.into_inner();
         let key = state.key_for(&r.key, &caller, &request_id).await?;
@@ -249,8 +241,6 @@ impl SignerApi for SignerService {
             let _ = events_tx.try_send(Ok(pb::SignImageEvent { event: Some(msg) }));
         });
         tokio::spawn(async move {
-            let _permit = permit;
-            let _in_flight = InFlight::new(&state.metrics);
             let started = Instant::now();
             let result = kforge_image::sign_image(&request, events).await;
             let msg = match result {
@@ -279,9 +269,7 @@ impl SignerApi for SignerService {
 
     async fn verify(&self, req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let state = &self.0;
-        let caller = state.auth.identify(&req)?;
-        let _permit = state.limiter.admit()?;
-        state.limiter.take_request(caller.name())?;
+        Caller::of(&req)?;
         let r = req.into_inner();
         let cert = match r.against {
             Some(pb::verify_request::Against::Key(name)) => {
@@ -308,7 +296,7 @@ impl SignerApi for SignerService {
     }
 
     async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let caller = self.0.auth.identify(&req)?;
+        let caller = Caller::of(&req)?;
         let keys = self.0.keys.snapshot();
         let mut out: Vec<pb::KeyInfo> = keys
             .values()
@@ -328,18 +316,6 @@ impl SignerApi for SignerService {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(pb::ListKeysResponse { keys: out }))
     }
-}
-
-/// The one mapping of image errors to gRPC statuses (SignImage and the Builder's look-ups).
-pub(crate) fn image_status(e: &kforge_image::Error) -> Status {
-    use kforge_image::Error as E;
-    let code = match e {
-        E::Registry { .. } | E::Stream { .. } => Code::Unavailable,
-        E::Auth { .. } => Code::PermissionDenied,
-        E::Io { .. } | E::Task(_) | E::Audit { .. } => Code::Internal,
-        _ => Code::InvalidArgument,
-    };
-    Status::new(code, crate::error::chain(e))
 }
 
 /// Authorises, signs, audits (fsync'd) and returns the signed module.

@@ -5,11 +5,12 @@ use openssl::x509::X509;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
 
-use crate::config::Config;
+use crate::config::TokenConfig;
 
-/// An authenticated (or anonymous loopback) caller.
+/// An authenticated (or anonymous loopback) caller, put in every request's extensions by
+/// [`crate::ServiceLayer`].
 #[derive(Debug, Clone)]
-pub(crate) struct Caller {
+pub struct Caller {
     /// Names the caller answers to: `cn:…`, `subject:…`, `dns:…`, `uri:…`, `email:…`, `token:…` or `anonymous`.
     pub identities: Vec<String>,
     /// False only for anonymous callers of a service without authentication.
@@ -21,6 +22,16 @@ impl Caller {
     pub fn name(&self) -> &str {
         self.identities.first().map(String::as_str).unwrap_or("anonymous")
     }
+
+    /// The caller of `req`, as the service layer identified it.
+    pub fn of<T>(req: &Request<T>) -> Result<Caller, Status> {
+        req.extensions().get::<Caller>().cloned().ok_or_else(|| Status::internal("the caller was not identified: serve through kforge_server::serve"))
+    }
+
+    /// Whether the caller is one of `allow` (`*` means any authenticated caller); an empty list allows all.
+    pub fn allowed(&self, allow: &[String]) -> bool {
+        allow.is_empty() || allow.iter().any(|a| (a == "*" && self.authenticated) || self.identities.iter().any(|i| i == a))
+    }
 }
 
 /// Checks credentials on every request.
@@ -30,13 +41,14 @@ pub(crate) struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(config: &Config) -> Self {
-        let tokens = config.tokens.iter().filter_map(|t| Some((t.name.clone(), hex::decode(t.sha256.to_ascii_lowercase()).ok()?))).collect();
-        Authenticator { tokens, requires_auth: config.requires_auth() }
+    pub fn new(tokens: &[TokenConfig], requires_auth: bool) -> Self {
+        let tokens = tokens.iter().filter_map(|t| Some((t.name.clone(), hex::decode(t.sha256.to_ascii_lowercase()).ok()?))).collect();
+        Authenticator { tokens, requires_auth }
     }
 
-    pub fn identify<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        if let Some(value) = req.metadata().get("authorization") {
+    /// Who sent a request with these headers over a connection with these client certificates.
+    pub fn identify(&self, headers: &http::HeaderMap, peer_certs: Option<&[tonic::transport::CertificateDer<'static>]>) -> Result<Caller, Status> {
+        if let Some(value) = headers.get("authorization") {
             let token = value
                 .to_str()
                 .ok()
@@ -49,7 +61,7 @@ impl Authenticator {
                 None => Err(Status::unauthenticated("bearer token not recognised")),
             };
         }
-        if let Some(certs) = req.peer_certs() {
+        if let Some(certs) = peer_certs {
             if let Some(leaf) = certs.first() {
                 let identities = cert_identities(leaf.as_ref()).map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
                 return Ok(Caller { identities, authenticated: true });
@@ -63,7 +75,7 @@ impl Authenticator {
 }
 
 /// The identities a client certificate carries.
-pub(crate) fn cert_identities(der: &[u8]) -> Result<Vec<String>, openssl::error::ErrorStack> {
+pub fn cert_identities(der: &[u8]) -> Result<Vec<String>, openssl::error::ErrorStack> {
     let cert = X509::from_der(der)?;
     let mut ids = Vec::new();
     if let Some(cn) = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next().and_then(|e| e.data().to_string().ok()) {

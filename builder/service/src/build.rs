@@ -14,22 +14,40 @@ use tokio::sync::{OnceCell, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Caller;
+use kforge_server::{Caller, Metrics, chain};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::config::BuilderConfig;
-use crate::error::Error;
-use crate::service::State;
+
+/// What a signed build needs from the signing service: a key the caller may use, and the audit
+/// every signature made with it goes through.
+#[tonic::async_trait]
+pub trait ServerKeys: Send + Sync {
+    /// The key named `name` for `caller` (NOT_FOUND or PERMISSION_DENIED otherwise, audited), the
+    /// hook that audits each signed file, and the request id it audits under.
+    async fn key(&self, name: &str, caller: &Caller) -> Result<(kforge_signer::SigningKey, kforge_image::AuditHook), Status>;
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    result: String,
+}
 
 /// The build service: connects to BuildKit on first use (the service starts without it).
-pub(crate) struct BuildService {
+pub struct BuildService {
     config: Option<(Endpoint, BuilderConfig)>,
     builder: OnceCell<Builder>,
-    state: Arc<State>,
+    keys: Arc<dyn ServerKeys>,
+    registries: RegistryOptions,
+    builds: Family<BuildLabels, Counter>,
     dtk: Option<Arc<Resolver>>,
 }
 
 /// A DTK_AUTO resolver for the `[dtk]` configuration; the Kubernetes API is used when reachable
 /// (in-cluster or KUBECONFIG) and the configuration needs it.
-pub(crate) async fn dtk_resolver(config: kforge_kmm::DtkConfig, registries: RegistryOptions) -> Result<Arc<Resolver>, Error> {
+pub async fn dtk_resolver(config: kforge_kmm::DtkConfig, registries: RegistryOptions) -> Result<Arc<Resolver>, kforge_kmm::Error> {
     let client = if config.openshift || config.configmap.is_some() {
         match kube::Client::try_default().await {
             Ok(c) => Some(c),
@@ -42,12 +60,30 @@ pub(crate) async fn dtk_resolver(config: kforge_kmm::DtkConfig, registries: Regi
         None
     };
     let lookup = Arc::new(kforge_kmm::RegistryLookup::new(registries));
-    Resolver::new(config, client, lookup).map(Arc::new).map_err(|e| Error::Invalid(format!("[dtk] {e}")))
+    Resolver::new(config, client, lookup).map(Arc::new)
 }
 
 impl BuildService {
-    pub fn new(config: Option<(Endpoint, BuilderConfig)>, state: Arc<State>, dtk: Option<Arc<Resolver>>) -> Self {
-        BuildService { config, builder: OnceCell::new(), state, dtk }
+    /// A service building through `config`'s BuildKit (connected on first use; `None` answers
+    /// FAILED_PRECONDITION), signing with `keys`, using `registries` for requests that bring no
+    /// credentials, resolving `DTK_AUTO` with `dtk`; its build counter goes into `metrics`.
+    pub fn new(
+        config: Option<(Endpoint, BuilderConfig)>,
+        keys: Arc<dyn ServerKeys>,
+        registries: RegistryOptions,
+        dtk: Option<Arc<Resolver>>,
+        metrics: &Metrics,
+    ) -> Self {
+        let builds = Family::<BuildLabels, Counter>::default();
+        metrics.register("builder_builds", "Build requests by result", builds.clone());
+        BuildService { config, builder: OnceCell::new(), keys, registries, builds, dtk }
+    }
+
+    /// The gRPC service, accepting messages up to `max_message_bytes`.
+    pub fn into_server(self, max_message_bytes: usize) -> kforge_proto::builder::v1::builder_server::BuilderServer<Self> {
+        kforge_proto::builder::v1::builder_server::BuilderServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
     }
 
     async fn builder(&self) -> Result<&Builder, Status> {
@@ -56,16 +92,16 @@ impl BuildService {
         };
         self.builder
             .get_or_try_init(|| async {
-                let connection = Connection::connect(endpoint).await.map_err(|e| Status::unavailable(crate::error::chain(&e)))?;
+                let connection = Connection::connect(endpoint).await.map_err(|e| Status::unavailable(chain(&e)))?;
                 Ok(Builder::new(connection, BuilderOptions { deadline: Duration::from_secs(cfg.deadline_seconds.max(1)) }))
             })
             .await
     }
 
     fn authorize<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        let caller = self.state.auth.identify(req)?;
+        let caller = Caller::of(req)?;
         let allow = self.config.as_ref().map(|(_, c)| c.allow.as_slice()).unwrap_or_default();
-        if !allow.is_empty() && !allow.iter().any(|a| (a == "*" && caller.authenticated) || caller.identities.iter().any(|i| i == a)) {
+        if !caller.allowed(allow) {
             return Err(Status::permission_denied(format!("{} may not build on this service", caller.name())));
         }
         Ok(caller)
@@ -73,7 +109,7 @@ impl BuildService {
 
     fn credentials(&self, json: &[u8]) -> Result<DockerConfig, Status> {
         if json.is_empty() {
-            return Ok(self.state.registries.credentials.clone());
+            return Ok(self.registries.credentials.clone());
         }
         DockerConfig::parse(json, "docker_config_json".as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))
     }
@@ -98,8 +134,6 @@ impl BuilderApi for BuildService {
 
     async fn build(&self, req: Request<pb::BuildRequest>) -> Result<Response<Self::BuildStream>, Status> {
         let caller = self.authorize(&req)?;
-        let permit = self.state.limiter.admit()?;
-        self.state.limiter.take_request(caller.name())?;
         let req = req.into_inner();
         let sign_only = req.sign.as_ref().is_some_and(|s| !s.unsigned_image.is_empty());
         if req.image.is_empty() || (req.dockerfile.is_empty() && !sign_only) {
@@ -127,15 +161,14 @@ impl BuilderApi for BuildService {
             network: req.network,
             no_cache: false,
         });
-        let request_id = self.state.request_id();
         let (sign, key_name) = match &req.sign {
             Some(sign) => {
-                let (s, name) = self.sign_step(&caller, sign, &request_id).await?;
+                let (s, name) = self.sign_step(&caller, sign).await?;
                 (Some(s), name)
             }
             None => (None, String::new()),
         };
-        let mut registries = RegistryOptions { credentials, ..self.state.registries.clone() };
+        let mut registries = RegistryOptions { credentials, ..self.registries.clone() };
         registries.tls.insecure = tls.insecure;
         let kmm = KmmRequest {
             kernel: req.kernel.clone(),
@@ -150,18 +183,16 @@ impl BuilderApi for BuildService {
         };
         let prepared = kmm.prepare(self.dtk.as_deref()).await.map_err(|e| kmm_status(&e))?;
         let request = prepared.request;
-        kforge_builder::Target::parse(&request.image).map_err(|e| Status::invalid_argument(crate::error::chain(&e)))?;
+        kforge_builder::Target::parse(&request.image).map_err(|e| Status::invalid_argument(chain(&e)))?;
         let builder = match &request.source {
             kforge_kmm::Source::Dockerfile(_) => Some(self.builder().await?.clone()),
             kforge_kmm::Source::Unsigned(_) => None,
         };
         let deadline = Duration::from_secs(self.config.as_ref().map(|(_, c)| c.deadline_seconds).unwrap_or(kforge_builder::DEFAULT_DEADLINE.as_secs()).max(1));
         tracing::info!(caller = %caller.name(), image = %request.image, key = %key_name, "build requested");
-        let metrics = self.state.metrics.clone();
+        let builds = self.builds.clone();
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
-            let _permit = permit;
-            let _in_flight = crate::metrics::InFlight::new(&metrics);
             let (events_tx, mut events_rx) = mpsc::unbounded_channel();
             let work = tokio::time::timeout(deadline, kforge_kmm::run(builder.as_ref(), &request, &events_tx));
             tokio::pin!(work);
@@ -185,10 +216,10 @@ impl BuilderApi for BuildService {
                     let _ = tx.send(Ok(ev)).await;
                 }
             }
-            metrics.record_build(if result.is_ok() { "ok" } else { "failed" });
+            builds.get_or_create(&BuildLabels { result: if result.is_ok() { "ok" } else { "failed" }.into() }).inc();
             let last = match result {
                 Ok(out) => pb::build_event::Event::Done(pb::BuildDone { image: out.image, skipped: out.reused, joined: out.joined }),
-                Err(e) => pb::build_event::Event::Failed(pb::BuildFailed { message: crate::error::chain(&e), kind: failure_kind(&e).into() }),
+                Err(e) => pb::build_event::Event::Failed(pb::BuildFailed { message: chain(&e), kind: failure_kind(&e).into() }),
             };
             let _ = tx.send(Ok(pb::BuildEvent { event: Some(last) })).await;
         });
@@ -221,8 +252,7 @@ impl BuilderApi for BuildService {
 
 impl BuildService {
     /// KMM's sign section: a key on this service (audited, allow lists honoured) or the caller's own.
-    async fn sign_step(&self, caller: &Caller, sign: &pb::SignSpec, request_id: &str) -> Result<(KmmSign, String), Status> {
-        let state = &self.state;
+    async fn sign_step(&self, caller: &Caller, sign: &pb::SignSpec) -> Result<(KmmSign, String), Status> {
         let hash = if sign.hash.is_empty() {
             kforge_signer::HashAlgorithm::Sha256
         } else {
@@ -235,9 +265,8 @@ impl BuildService {
             let key = kforge_signer::SigningKey::new(pkey, cert, std::path::Path::new("sign.key_pem")).map_err(|e| Status::invalid_argument(e.to_string()))?;
             (key, "caller's key".to_string(), None)
         } else {
-            let key = state.key_for(&sign.key, caller, request_id).await?;
-            let hook = state.audit_hook(request_id, caller.name(), &key.name);
-            (key.signing.clone(), key.name.clone(), Some(hook))
+            let (key, hook) = self.keys.key(&sign.key, caller).await?;
+            (key, sign.key.clone(), Some(hook))
         };
         let signer = Arc::new(Signer::new(signing, hash, SignerIdentifier::IssuerSerial).map_err(|e| Status::failed_precondition(e.to_string()))?);
         let unsigned_image = (!sign.unsigned_image.is_empty()).then(|| sign.unsigned_image.clone());
@@ -253,7 +282,7 @@ impl BuildService {
             tls: RegistryTls { insecure: tls.insecure, skip_verify: tls.insecure_skip_tls_verify, ca_pem: vec![] },
             ..Default::default()
         };
-        kforge_image::resolve_digest(&req.image, &opts.with_loopback_plain_http(&req.image)).await.map_err(|e| crate::service::image_status(&e))
+        kforge_image::resolve_digest(&req.image, &opts.with_loopback_plain_http(&req.image)).await.map_err(|e| kforge_server::image_status(&e))
     }
 }
 
@@ -261,7 +290,7 @@ impl BuildService {
 /// before the stream starts; everything after is a `BuildFailed` with its kind.
 fn kmm_status(e: &kforge_kmm::Error) -> Status {
     use kforge_kmm::Error as E;
-    let message = crate::error::chain(e);
+    let message = chain(e);
     match e {
         E::DtkUnconfigured { .. } | E::NothingApplies { .. } | E::MappingImageMissing { .. } => Status::failed_precondition(message),
         E::Kube { .. } | E::Registry { .. } => Status::unavailable(message),

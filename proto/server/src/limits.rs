@@ -41,7 +41,7 @@ impl Buckets {
 }
 
 /// Shared limiters.
-pub(crate) struct Limiter {
+pub struct Limiter {
     in_flight: Arc<Semaphore>,
     max: usize,
     signatures: Buckets,
@@ -49,6 +49,7 @@ pub(crate) struct Limiter {
 }
 
 impl Limiter {
+    /// Limiters for `limits`.
     pub fn new(limits: &Limits) -> Self {
         Limiter {
             in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
