@@ -69,13 +69,13 @@ impl TagWatch {
                         .arg(format!("{registry_url}/v2/{repo}/manifests/{tag}"))
                         .stderr(Stdio::null())
                         .output();
-                    if let Ok(o) = out {
-                        if o.status.success() {
-                            let d = format!("{tag}@sha256:{}", sha256_hex(&o.stdout));
-                            let mut seen = v.lock().expect("lock");
-                            if !seen.contains(&d) {
-                                seen.push(d);
-                            }
+                    if let Ok(o) = out
+                        && o.status.success()
+                    {
+                        let d = format!("{tag}@sha256:{}", sha256_hex(&o.stdout));
+                        let mut seen = v.lock().expect("lock");
+                        if !seen.contains(&d) {
+                            seen.push(d);
                         }
                     }
                 }

@@ -109,18 +109,18 @@ impl Builder {
         crate::solve::Target::parse(&spec.image)?;
         let key = format!("{}|{output:?}", spec.inputs_hash());
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(running) = inflight.get(&key).and_then(Weak::upgrade) {
-            if running.outcome.borrow().is_none() {
-                let (tx, rx) = unbounded_channel();
-                let mut fanout = running.fanout.lock().unwrap_or_else(|p| p.into_inner());
-                for e in &fanout.0 {
-                    let _ = tx.send(e.clone());
-                }
-                fanout.1.push(tx);
-                drop(fanout);
-                tracing::info!(image = %spec.image, "joining the identical build already running");
-                return Ok(BuildHandle { running, events: rx, joined: true });
+        if let Some(running) = inflight.get(&key).and_then(Weak::upgrade)
+            && running.outcome.borrow().is_none()
+        {
+            let (tx, rx) = unbounded_channel();
+            let mut fanout = running.fanout.lock().unwrap_or_else(|p| p.into_inner());
+            for e in &fanout.0 {
+                let _ = tx.send(e.clone());
             }
+            fanout.1.push(tx);
+            drop(fanout);
+            tracing::info!(image = %spec.image, "joining the identical build already running");
+            return Ok(BuildHandle { running, events: rx, joined: true });
         }
 
         let (outcome_tx, outcome_rx) = watch::channel(None);

@@ -182,10 +182,10 @@ impl Connection {
                     .keep_alive_while_idle(true);
                 if let Some(files) = tls {
                     let mut cfg = ClientTlsConfig::new().domain_name(files.server_name.clone().unwrap_or_else(|| host.clone()));
-                    let ca = files.ca.as_ref().ok_or_else(|| Error::Endpoint {
-                        url: endpoint.to_string(),
-                        reason: "TLS needs the CA that signed buildkitd's certificate (--tlscacert)".into(),
-                    })?;
+                    let ca = files
+                        .ca
+                        .as_ref()
+                        .ok_or_else(|| Error::Endpoint { url: endpoint.to_string(), reason: "TLS needs the CA that signed buildkitd's certificate".into() })?;
                     cfg = cfg.ca_certificate(Certificate::from_pem(read_pem(ca, "read BuildKit CA")?));
                     match (&files.cert, &files.key) {
                         (Some(c), Some(k)) => cfg = cfg.identity(Identity::from_pem(read_pem(c, "read client certificate")?, read_pem(k, "read client key")?)),

@@ -397,9 +397,8 @@ fn failure(daemon: &Connection, image: &str, status: &tonic::Status, seen: &Seen
 fn base_image_failure(image: &str, message: &str) -> FailureKind {
     let lower = message.to_ascii_lowercase();
     let image = image.trim().to_string();
-    let first = image.split('/').next().unwrap_or("");
-    let registry =
-        if image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost") { first.to_string() } else { "docker.io".to_string() };
+    // Named as BuildKit names it; the registry is whatever the reference says (docker.io by default).
+    let registry = image.parse::<Reference>().map(|r| r.registry().to_string()).unwrap_or_else(|_| "docker.io".to_string());
     let auth = ["401", "403", "unauthorized", "authorization", "authentication", "denied", "no basic auth"].iter().any(|m| lower.contains(m));
     FailureKind::BaseImage { image, registry, auth }
 }

@@ -47,3 +47,18 @@ pub fn kmm(e: KmmError) -> anyhow::Error {
         None => anyhow::Error::new(e),
     }
 }
+
+/// A key or certificate error for the terminal, with the flag that fixes it.
+pub fn signer(e: impl Into<kforge_signer::Error>) -> anyhow::Error {
+    use kforge_signer::{Error, KeyError};
+    let e = e.into();
+    let hint = match &e {
+        Error::Key(KeyError::NeedsPassphrase { .. }) => Some("set KBUILD_SIGN_PIN or pass --passphrase-file FILE"),
+        Error::Key(KeyError::NoSubjectKeyId { .. }) => Some("drop --key-id to identify the signer by issuer and serial, as sign-file does by default"),
+        _ => None,
+    };
+    match hint {
+        Some(h) => anyhow::anyhow!("{:#}\nhint: {h}", anyhow::Error::new(e)),
+        None => anyhow::Error::new(e),
+    }
+}

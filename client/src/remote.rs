@@ -140,10 +140,10 @@ impl Streams {
         let result = exchange(&mut stream, id, key, hash, key_id, bytes::Bytes::from(module)).await;
         // A stream that failed at the transport level is dropped; one that carried a per-module
         // error goes back to the pool.
-        if !matches!(&result, Err(Transport(_))) {
-            if let Ok(mut idle) = self.idle.lock() {
-                idle.push(stream);
-            }
+        if !matches!(&result, Err(Transport(_)))
+            && let Ok(mut idle) = self.idle.lock()
+        {
+            idle.push(stream);
         }
         result.map_err(|e| match e {
             Transport(e) | Module(e) => e,
@@ -161,7 +161,7 @@ use Failure::{Module, Transport};
 async fn exchange(stream: &mut Stream, id: &str, key: &str, hash: &str, key_id: bool, module: bytes::Bytes) -> Result<SignedRemote, Failure> {
     use pb::sign_modules_request::Part;
     use pb::sign_modules_response::Part as R;
-    let closed = || Transport(kforge_signer::Error::Service { code: "Unavailable".into(), message: "the service closed the stream".into() });
+    let closed = || Transport(RemoteError::error(tonic::Code::Unavailable, "the service closed the stream"));
     let msg = |p| pb::SignModulesRequest { part: Some(p) };
     let start = pb::ModuleStart { id: id.to_string(), key: key.to_string(), hash: hash.to_string(), key_id, size: module.len() as u64, detached: true };
     stream.tx.send(msg(Part::Start(start))).await.map_err(|_| closed())?;
@@ -184,13 +184,12 @@ async fn exchange(stream: &mut Stream, id: &str, key: &str, hash: &str, key_id: 
             Some(R::Data(d)) => out.extend_from_slice(&d),
             Some(R::End(_)) => break,
             Some(R::Error(e)) => {
-                let code = format!("{:?}", tonic::Code::from(e.code));
-                return Err(Module(kforge_signer::Error::Service { code, message: e.message }));
+                return Err(Module(RemoteError::error(tonic::Code::from(e.code), e.message)));
             }
             None => {}
         }
     }
-    let protocol = |message: String| Transport(kforge_signer::Error::Service { code: "DataLoss".into(), message });
+    let protocol = |message: String| Transport(RemoteError::error(tonic::Code::DataLoss, message));
     let h = header.ok_or_else(|| protocol("a module ended without its signed header".into()))?;
     if h.id != id || out.len() as u64 != h.size {
         return Err(protocol(format!("expected {} bytes for {id}, received {} for {}", h.size, out.len(), h.id)));
@@ -221,7 +220,22 @@ fn service_error(s: tonic::Status) -> kforge_signer::Error {
         ),
         false => s.message().to_string(),
     };
-    kforge_signer::Error::Service { code: format!("{:?}", s.code()), message }
+    RemoteError::error(s.code(), message)
+}
+
+/// What the signing service answered instead of a signature.
+#[derive(Debug, thiserror::Error)]
+#[error("signing service: {message} ({code:?})")]
+pub struct RemoteError {
+    code: tonic::Code,
+    message: String,
+}
+
+impl RemoteError {
+    /// The service's answer, as the signer crate's error.
+    fn error(code: tonic::Code, message: impl Into<String>) -> kforge_signer::Error {
+        kforge_signer::Error::Backend(Box::new(RemoteError { code, message: message.into() }))
+    }
 }
 
 /// Turns a status into an error that says what the service answered.

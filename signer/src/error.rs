@@ -104,14 +104,10 @@ pub enum Error {
         /// The shared output path.
         dst: PathBuf,
     },
-    /// A remote signing service refused or failed to sign.
-    #[error("signing service: {message} ({code})")]
-    Service {
-        /// The gRPC status code name.
-        code: String,
-        /// What the service said.
-        message: String,
-    },
+    /// Whatever signs on this crate's behalf (a remote signing service, say) failed; its own
+    /// error type says how.
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
     /// An error about one file: the path, then what went wrong with it.
     #[error("{}: {error}", path.display())]
     At {
@@ -179,7 +175,7 @@ pub enum KeyError {
         cause: std::io::Error,
     },
     /// The private key is encrypted and no passphrase was given.
-    #[error("{}: private key is encrypted; give its passphrase in KBUILD_SIGN_PIN or with --passphrase-file", path.display())]
+    #[error("{}: private key is encrypted; give its passphrase (KBUILD_SIGN_PIN or a passphrase file)", path.display())]
     NeedsPassphrase {
         /// The key file.
         path: PathBuf,
@@ -221,7 +217,7 @@ pub enum KeyError {
         cert: PathBuf,
     },
     /// The subject-key-identifier form was asked for but the certificate has none.
-    #[error("{}: certificate has no subjectKeyIdentifier extension, which --key-id needs", path.display())]
+    #[error("{}: certificate has no subjectKeyIdentifier extension, which a signature identified by key id needs", path.display())]
     NoSubjectKeyId {
         /// The certificate file.
         path: PathBuf,

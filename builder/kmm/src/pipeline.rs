@@ -233,10 +233,10 @@ pub async fn run(builder: Option<&Builder>, req: &BuildSign, events: &UnboundedS
         labels,
     };
     let signed = kforge_image::sign_image(&request, sign_events).await;
-    if let (Some(name), Some(builder)) = (engine_image, builder) {
-        if let Err(e) = builder.connection().remove_engine_image(&name).await {
-            tracing::warn!(image = %name, error = %e, "could not remove the unsigned image from the engine");
-        }
+    if let (Some(name), Some(builder)) = (engine_image, builder)
+        && let Err(e) = builder.connection().remove_engine_image(&name).await
+    {
+        tracing::warn!(image = %name, error = %e, "could not remove the unsigned image from the engine");
     }
     let signed = signed?;
     message(events, format!("pushed {} signed file(s) to {}", signed.signed.len(), target.tagged()));

@@ -293,10 +293,11 @@ impl View {
                 None => p.print(event),
             }
         }
-        if let (Some(s), Event::Step(step)) = (&self.spinner, event) {
-            if step.started && !step.completed {
-                s.set_message(step.name.clone());
-            }
+        if let (Some(s), Event::Step(step)) = (&self.spinner, event)
+            && step.started
+            && !step.completed
+        {
+            s.set_message(step.name.clone());
         }
     }
 

@@ -49,9 +49,9 @@ impl KeyArgs {
             anyhow::bail!("--key and --cert are required (or sign on a service with --remote)");
         };
         let pass = passphrase(self.passphrase_file.as_deref())?;
-        let key = kforge_signer::SigningKey::load(key, cert, pass.as_deref())?;
+        let key = kforge_signer::SigningKey::load(key, cert, pass.as_deref()).map_err(crate::hints::signer)?;
         let id = if self.key_id { kforge_signer::SignerIdentifier::KeyId } else { kforge_signer::SignerIdentifier::IssuerSerial };
-        Ok(kforge_signer::Signer::new(key, self.hash()?, id)?)
+        kforge_signer::Signer::new(key, self.hash()?, id).map_err(crate::hints::signer)
     }
 }
 

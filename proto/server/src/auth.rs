@@ -61,11 +61,11 @@ impl Authenticator {
                 None => Err(Status::unauthenticated("bearer token not recognised")),
             };
         }
-        if let Some(certs) = peer_certs {
-            if let Some(leaf) = certs.first() {
-                let identities = cert_identities(leaf.as_ref()).map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
-                return Ok(Caller { identities, authenticated: true });
-            }
+        if let Some(certs) = peer_certs
+            && let Some(leaf) = certs.first()
+        {
+            let identities = cert_identities(leaf.as_ref()).map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
+            return Ok(Caller { identities, authenticated: true });
         }
         if self.requires_auth {
             return Err(Status::unauthenticated("authenticate with a client certificate (mutual TLS) or a bearer token"));

@@ -90,11 +90,11 @@ impl Selection {
                             .collect();
                         let mut any = false;
                         for p in matches {
-                            if let Some((real, node)) = tree.resolve(&p)? {
-                                if matches!(node.kind, Kind::File { .. }) {
-                                    add(real, node);
-                                    any = true;
-                                }
+                            if let Some((real, node)) = tree.resolve(&p)?
+                                && matches!(node.kind, Kind::File { .. })
+                            {
+                                add(real, node);
+                                any = true;
                             }
                         }
                         if !any {

@@ -101,10 +101,8 @@ impl KeyStore {
                 Err(e) => tracing::error!(key = %cfg.name, error = %e, "key files changed but do not load; keeping the previous key"),
             }
         }
-        if any {
-            if let Ok(mut k) = self.keys.write() {
-                *k = Arc::new(next);
-            }
+        if any && let Ok(mut k) = self.keys.write() {
+            *k = Arc::new(next);
         }
     }
 
