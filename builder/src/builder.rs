@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use crate::endpoint::Connection;
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::solve::{BuildSpec, Output, solve};
+use crate::solve::{Output, solve};
+use crate::spec::{BuildSpec, Target};
 
 /// How the builder behaves.
 #[derive(Debug, Clone)]
@@ -106,7 +107,7 @@ impl Builder {
 
     /// Starts the build of `spec` delivered as `output`, or joins the identical one running.
     pub fn start(&self, spec: BuildSpec, output: Output) -> Result<BuildHandle> {
-        crate::solve::Target::parse(&spec.image)?;
+        Target::parse(&spec.image)?;
         let key = format!("{}|{output:?}", spec.inputs_hash());
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(running) = inflight.get(&key).and_then(Weak::upgrade)

@@ -14,9 +14,12 @@ mod docker;
 mod endpoint;
 mod error;
 mod events;
+mod failure;
 mod llb;
 mod session;
 mod solve;
+mod spec;
+mod status;
 
 pub use builder::{BuildHandle, Builder, BuilderOptions, DEFAULT_DEADLINE};
 pub use credentials::{Anonymous, Credentials};
@@ -24,7 +27,8 @@ pub use endpoint::{Connection, DEFAULT_DOCKER_SOCKET, Endpoint, TlsFiles};
 pub use error::{BoxError, BuildFailure, Error, FailureKind, Result};
 pub use events::{Event, PlainPrinter, Step};
 pub use llb::InputFile;
-pub use solve::{BuildSpec, Output, Target, solve};
+pub use solve::{Output, solve};
+pub use spec::{BuildSpec, Target};
 
 /// A process-unique, hard-to-guess identifier with a prefix (session ids, build references).
 pub(crate) fn unique_id(prefix: &str) -> String {
