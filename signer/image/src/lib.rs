@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod config;
 mod digest;
 pub mod docker_save;
 mod error;
@@ -15,11 +16,14 @@ mod layer_append;
 mod layout;
 mod manifest;
 mod pgzip;
-mod pipeline;
 mod presign;
+mod push;
+mod read;
 mod reference;
 mod registry;
+mod request;
 mod select;
+mod sign_image;
 mod spool;
 mod store;
 mod tree;
@@ -28,7 +32,8 @@ pub use auth::DockerConfig;
 pub use error::{Error, Result};
 pub use oci_client::secrets::RegistryAuth;
 pub use pgzip::ParallelGz;
-pub use pipeline::{AuditHook, DEFAULT_GZIP_LEVEL, Event, SignImage, SignedFile, SignedImage, sign_image};
 pub use reference::ImageRef;
 pub use registry::{RegistryOptions, RegistryTls, image_labels, resolve_digest};
+pub use request::{AuditHook, DEFAULT_GZIP_LEVEL, Event, SignImage, SignedFile, SignedImage};
 pub use select::Selection;
+pub use sign_image::sign_image;
