@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+mod assembler;
 mod audit;
 mod config;
 mod error;

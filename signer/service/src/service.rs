@@ -13,6 +13,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use kforge_server::{Caller, Limiter, Limits, image_status};
 
+use crate::assembler::{Assembler, Step};
 use crate::audit::{AuditLog, Record};
 use crate::keys::{Key, KeyStore};
 use crate::metrics::SignerMetrics;
@@ -100,13 +101,6 @@ fn code_of(e: &kforge_signer::Error) -> Code {
     }
 }
 
-/// A module being received.
-struct Incoming {
-    start: pb::ModuleStart,
-    bytes: Vec<u8>,
-    refused: Option<Status>,
-}
-
 #[tonic::async_trait]
 impl SignerApi for SignerService {
     type SignModulesStream = ReceiverStream<Result<pb::SignModulesResponse, Status>>;
@@ -120,70 +114,37 @@ impl SignerApi for SignerService {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
-            let max = state.limits.max_module_bytes;
-            let mut current: Option<Incoming> = None;
+            let mut assembler = Assembler::new(state.limits.max_module_bytes);
             loop {
-                let msg = match inbound.message().await {
-                    Ok(Some(m)) => m,
+                let part = match inbound.message().await {
+                    Ok(Some(m)) => m.part,
                     Ok(None) => break,
                     Err(status) => {
                         tracing::debug!(%request_id, %status, "client stream ended with an error");
                         return;
                     }
                 };
-                use pb::sign_modules_request::Part;
-                match msg.part {
-                    Some(Part::Start(start)) => {
-                        if let Some(prev) = current.take() {
-                            let e = Status::invalid_argument(format!("module {:?} was not ended before the next one started", prev.start.id));
-                            if send_error(&tx, &prev.start.id, &e).await.is_err() {
-                                return;
-                            }
-                        }
-                        let refused = (start.size > max)
-                            .then(|| Status::resource_exhausted(format!("module {:?} is {} bytes, over this signer's limit of {max}", start.id, start.size)));
-                        // Room for the module and its signature, so signing appends without copying.
-                        let capacity = if refused.is_none() { start.size as usize + 8192 } else { 0 };
-                        current = Some(Incoming { start, bytes: Vec::with_capacity(capacity), refused });
-                    }
-                    Some(Part::Data(data)) => {
-                        let Some(m) = current.as_mut() else {
-                            let _ = tx.send(Err(Status::invalid_argument("module data before ModuleStart"))).await;
-                            return;
-                        };
-                        if m.refused.is_none() {
-                            if m.bytes.len() as u64 + data.len() as u64 > max {
-                                m.refused = Some(Status::resource_exhausted(format!("module {:?} exceeds this signer's limit of {max} bytes", m.start.id)));
-                                m.bytes = Vec::new();
-                            } else {
-                                m.bytes.extend_from_slice(&data);
-                            }
-                        }
-                    }
-                    Some(Part::End(_)) => {
-                        let Some(m) = current.take() else {
-                            let _ = tx.send(Err(Status::invalid_argument("ModuleEnd without ModuleStart"))).await;
-                            return;
-                        };
-                        let id = m.start.id.clone();
-                        let outcome = match m.refused {
-                            Some(e) => Err(e),
-                            None => sign_one(&state, &caller, &request_id, m.start, m.bytes).await,
-                        };
-                        let sent = match outcome {
+                let sent = match part.map(|p| assembler.push(p)) {
+                    None | Some(Step::More) => Ok(()),
+                    Some(Step::Module { start, bytes }) => {
+                        let id = start.id.clone();
+                        match sign_one(&state, &caller, &request_id, start, bytes).await {
                             Ok((header, bytes)) => send_signed(&tx, header, bytes).await,
                             Err(e) => send_error(&tx, &id, &e).await,
-                        };
-                        if sent.is_err() {
-                            return;
                         }
                     }
-                    None => {}
+                    Some(Step::Refused { id, status }) => send_error(&tx, &id, &status).await,
+                    Some(Step::Broken(status)) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                if sent.is_err() {
+                    return;
                 }
             }
-            if let Some(m) = current {
-                let e = Status::invalid_argument(format!("the stream ended in the middle of module {:?}", m.start.id));
-                let _ = send_error(&tx, &m.start.id, &e).await;
+            if let Some((id, status)) = assembler.finish() {
+                let _ = send_error(&tx, &id, &status).await;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
