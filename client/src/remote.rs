@@ -165,11 +165,8 @@ async fn exchange(stream: &mut Stream, id: &str, key: &str, hash: &str, key_id: 
     let msg = |p| pb::SignModulesRequest { part: Some(p) };
     let start = pb::ModuleStart { id: id.to_string(), key: key.to_string(), hash: hash.to_string(), key_id, size: module.len() as u64, detached: true };
     stream.tx.send(msg(Part::Start(start))).await.map_err(|_| closed())?;
-    let mut at = 0;
-    while at < module.len() {
-        let end = (at + CHUNK).min(module.len());
-        stream.tx.send(msg(Part::Data(module.slice(at..end)))).await.map_err(|_| closed())?;
-        at = end;
+    for chunk in kforge_proto::chunks(&module) {
+        stream.tx.send(msg(Part::Data(chunk))).await.map_err(|_| closed())?;
     }
     stream.tx.send(msg(Part::End(pb::ModuleEnd { id: id.to_string() }))).await.map_err(|_| closed())?;
     let mut out = Vec::new();
@@ -205,9 +202,6 @@ async fn exchange(stream: &mut Stream, id: &str, key: &str, hash: &str, key_id: 
     };
     Ok(SignedRemote { bytes, module_name: h.module_name, vermagic: h.vermagic })
 }
-
-/// Size of the data chunks sent to the service.
-const CHUNK: usize = 1 << 20;
 
 /// A status as a signer error; transport failures get a hint at the usual causes.
 fn service_error(s: tonic::Status) -> kforge_signer::Error {

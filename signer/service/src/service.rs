@@ -18,9 +18,6 @@ use crate::audit::{AuditLog, Record};
 use crate::keys::{Key, KeyStore};
 use crate::metrics::SignerMetrics;
 
-/// Size of the data chunks the service sends back.
-const CHUNK: usize = 1 << 20;
-
 /// Shared state of the service.
 pub(crate) struct State {
     pub keys: Arc<KeyStore>,
@@ -356,11 +353,8 @@ async fn send_signed(tx: &Tx, header: pb::SignedModule, bytes: bytes::Bytes) -> 
     let id = header.id.clone();
     let msg = |part| Ok(pb::SignModulesResponse { part: Some(part) });
     tx.send(msg(Part::Signed(header))).await.map_err(drop)?;
-    let mut at = 0;
-    while at < bytes.len() {
-        let end = (at + CHUNK).min(bytes.len());
-        tx.send(msg(Part::Data(bytes.slice(at..end)))).await.map_err(drop)?;
-        at = end;
+    for chunk in kforge_proto::chunks(&bytes) {
+        tx.send(msg(Part::Data(chunk))).await.map_err(drop)?;
     }
     tx.send(msg(Part::End(pb::ModuleEnd { id }))).await.map_err(drop)
 }
