@@ -205,8 +205,8 @@ async fn exchange(stream: &mut Stream, id: &str, key: &str, hash: &str, key_id: 
 
 /// A status as a signer error; transport failures get a hint at the usual causes.
 fn service_error(s: tonic::Status) -> kforge_signer::Error {
-    let transport =
-        matches!(s.code(), tonic::Code::Cancelled | tonic::Code::Unavailable) || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"));
+    // A status made from a local transport failure carries that failure as its source.
+    let transport = matches!(s.code(), tonic::Code::Cancelled | tonic::Code::Unavailable) || std::error::Error::source(&s).is_some();
     let message = match transport {
         true => format!(
             "{}: the service closed or refused the connection (a client certificate it does not trust, a TLS mismatch, or the service is down)",
