@@ -1,4 +1,4 @@
-//! Errors of starting and configuring the service (request errors are gRPC statuses).
+//! Errors of starting the signing service (request errors are gRPC statuses).
 
 use std::path::PathBuf;
 
@@ -8,14 +8,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What can stop the service from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The configuration file is unreadable or invalid.
-    #[error("{}: {reason}", path.display())]
-    Config {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
     /// A configured value is invalid.
     #[error("invalid configuration: {0}")]
     Invalid(String),
