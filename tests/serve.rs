@@ -569,3 +569,40 @@ async fn build_requests_pass_the_message_limit_and_meet_the_rate_limit_and_the_m
     assert!(text.lines().any(|l| l.starts_with("kforge_builder_builds_total{result=\"failed\"}")), "builds are counted:\n{text}");
     running.shutdown().await.expect("shutdown");
 }
+
+/// One cap on requests in flight for both services: an open signing stream holds its slot until it
+/// ends, so a Build (or any other call) meanwhile is refused, and served once the stream is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_holds_its_slot_for_every_service_until_it_ends() {
+    use kforge_proto::builder::v1::{self as bpb, builder_client::BuilderClient};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = in_process_config(dir.path(), 1 << 20);
+    config.limits.max_concurrent_requests = 1;
+    let running = kforge::serve(config).await.expect("serve");
+    let url = format!("http://{}", running.addr);
+    let mut signer = SignerClient::connect(url.clone()).await.expect("connect");
+    let mut builder = BuilderClient::connect(url).await.expect("connect");
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::SignModulesRequest>(1);
+    let open = signer.sign_modules(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("the stream opens");
+    let build = bpb::BuildRequest { image: "127.0.0.1:1/x:1".into(), dockerfile: "FROM scratch\n".into(), ..Default::default() };
+    let refused = builder.build(build.clone()).await.expect_err("the slot is taken");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("limit of 1"), "{}", refused.message());
+    let refused = signer.list_keys(pb::ListKeysRequest {}).await.expect_err("the slot is taken");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+
+    drop(tx);
+    drop(open);
+    // The stream's end frees the slot (the server notices the end of the response stream).
+    let mut freed = false;
+    for _ in 0..50 {
+        if signer.list_keys(pb::ListKeysRequest {}).await.is_ok() {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(freed, "the slot is free again once the stream ended");
+    running.shutdown().await.expect("shutdown");
+}
