@@ -66,11 +66,13 @@ impl Signing {
         if self.state.keys.snapshot().is_empty() { Err("no signing keys loaded".into()) } else { Ok(()) }
     }
 
-    /// The key `name` for `caller` (refusals audited) and the hook that audits every file signed
+    /// The key `name` for `caller` (refusals audited; one token of the caller's signature rate) and the hook that audits every file signed
     /// with it, under a new request id.
     pub async fn key_for(&self, name: &str, caller: &Caller) -> std::result::Result<(kforge_signer::SigningKey, kforge_image::AuditHook), tonic::Status> {
         let request_id = self.state.request_id();
         let key = self.state.key_for(name, caller, &request_id).await?;
+        // One signature token per request, as SignImage takes.
+        self.state.limiter.take_signature(caller.name())?;
         let hook = self.state.audit_hook(&request_id, caller.name(), &key.name);
         Ok((key.signing.clone(), hook))
     }
