@@ -1,0 +1,10 @@
+//! kforge's compact reconciler: KMM `Module`s become per-kernel module-loader DaemonSets (and
+//! device-plugin DaemonSets) whose images are pinned by digest, built and signed through kforge's
+//! Builder service when missing.
+//!
+//! - [`api`]: the `Module` resource (`kmm.sigs.x-k8s.io/v1beta1`) and its status.
+//! - [`plan`]: the pure planner — desired state from Modules, Nodes and observed facts.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod plan;
