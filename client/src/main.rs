@@ -34,6 +34,8 @@ enum Command {
     BuildSign(commands::build_sign::Args),
     /// The Driver Toolkit image (DTK_AUTO) for a kernel.
     Dtk(commands::dtk::Args),
+    /// Print the CustomResourceDefinition of KMM's Module as kforge reads it.
+    Crd(commands::crd::Args),
     /// Verify modules' signatures against a certificate.
     Verify(commands::verify::Args),
     /// Show what is in modules and their signatures, without checking trust.
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Build(args) => commands::build::run(args),
         Command::BuildSign(args) => commands::build_sign::run(args),
         Command::Dtk(args) => commands::dtk::run(args),
+        Command::Crd(args) => commands::crd::run(args),
         Command::Verify(args) => commands::verify::run(args),
         Command::Inspect(args) => commands::verify::inspect(args),
     };

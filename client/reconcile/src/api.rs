@@ -20,6 +20,7 @@ pub const DEFAULT_DIR_NAME: &str = "/opt";
     version = "v1beta1",
     kind = "Module",
     plural = "modules",
+    doc = "KMM's Module: kernel modules loaded on the selected nodes, one image per kernel, built and signed by kforge when missing.",
     shortname = "mod",
     namespaced,
     status = "ModuleStatus",

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod build_sign;
+pub mod crd;
 pub mod dtk;
 pub mod keygen;
 pub mod serve;
