@@ -34,6 +34,10 @@ enum Command {
     BuildSign(commands::build_sign::Args),
     /// The Driver Toolkit image (DTK_AUTO) for a kernel.
     Dtk(commands::dtk::Args),
+    /// Run the reconciler: KMM Modules become digest-pinned module-loader and device-plugin DaemonSets.
+    Reconcile(commands::reconcile::Args),
+    /// Print what the reconciler would create for Modules and Nodes read from files (offline).
+    Plan(commands::plan::Args),
     /// Print the CustomResourceDefinition of KMM's Module as kforge reads it.
     Crd(commands::crd::Args),
     /// Verify modules' signatures against a certificate.
@@ -58,6 +62,8 @@ fn main() -> ExitCode {
         Command::Build(args) => commands::build::run(args),
         Command::BuildSign(args) => commands::build_sign::run(args),
         Command::Dtk(args) => commands::dtk::run(args),
+        Command::Reconcile(args) => commands::reconcile::run(args),
+        Command::Plan(args) => commands::plan::run(args),
         Command::Crd(args) => commands::crd::run(args),
         Command::Verify(args) => commands::verify::run(args),
         Command::Inspect(args) => commands::verify::inspect(args),

@@ -5,6 +5,8 @@ pub mod build_sign;
 pub mod crd;
 pub mod dtk;
 pub mod keygen;
+pub mod plan;
+pub mod reconcile;
 pub mod serve;
 pub mod sign;
 pub mod sign_image;

@@ -19,6 +19,6 @@ pub use config::{Limits, ServerConfig, TlsConfig, TokenConfig};
 pub use error::{BoxError, Error, chain};
 pub use layer::{Guarded, GuardedBody, ServiceLayer};
 pub use limits::Limiter;
-pub use metrics::Metrics;
+pub use metrics::{Check, Metrics, serve_endpoints};
 pub use serve::{Running, Server};
 pub use status::image_status;

@@ -87,34 +87,38 @@ impl Drop for RequestGuard {
     }
 }
 
-/// Serves `GET /metrics` and `GET /healthz` until the task is dropped.
-pub(crate) async fn serve(
+/// A health check: `Ok` or why not.
+pub type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Serves `GET /metrics` (`encode`'s text), `GET /healthz` (`live`) and `GET /readyz` (`ready`) on
+/// plain HTTP until the task is dropped; returns the bound address.
+pub async fn serve_endpoints(
     addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    encode: Arc<dyn Fn() -> String + Send + Sync>,
+    live: Check,
+    ready: Check,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::serve(format!("bind metrics on {addr}"))(e.into()))?;
     let local = listener.local_addr().map_err(|e| Error::serve("metrics address")(e.into()))?;
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let (metrics, ready) = (metrics.clone(), ready.clone());
+            let (encode, live, ready) = (encode.clone(), live.clone(), ready.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let (metrics, ready) = (metrics.clone(), ready.clone());
-                    async move {
-                        let (status, body) = match req.uri().path() {
-                            "/metrics" => (StatusCode::OK, metrics.encode()),
-                            "/healthz" => match ready() {
-                                Ok(()) => (StatusCode::OK, "ok\n".to_string()),
-                                Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
-                            },
-                            _ => (StatusCode::NOT_FOUND, "not found: try /metrics or /healthz\n".to_string()),
-                        };
-                        let mut resp = Response::new(Full::new(Bytes::from(body)));
-                        *resp.status_mut() = status;
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
+                    let check = |c: &Check| match c() {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                    };
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" => (StatusCode::OK, encode()),
+                        "/healthz" => check(&live),
+                        "/readyz" => check(&ready),
+                        _ => (StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n".to_string()),
+                    };
+                    let mut resp = Response::new(Full::new(Bytes::from(body)));
+                    *resp.status_mut() = status;
+                    std::future::ready(Ok::<_, std::convert::Infallible>(resp))
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });

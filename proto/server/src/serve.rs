@@ -133,7 +133,8 @@ impl Server {
 
         let (metrics_addr, metrics_task) = match config.metrics_listen {
             Some(m) => {
-                let (a, t) = crate::metrics::serve(m, self.metrics.clone(), ready).await?;
+                let metrics = self.metrics.clone();
+                let (a, t) = crate::metrics::serve_endpoints(m, Arc::new(move || metrics.encode()), ready.clone(), ready).await?;
                 (Some(a), Some(t))
             }
             None => (None, None),

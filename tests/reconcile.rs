@@ -1,0 +1,290 @@
+//! `kforge reconcile` end to end, against a private control plane (etcd, kube-apiserver,
+//! controller-manager, scheduler, kwok's fake nodes) and a real registry: KMM Modules applied as
+//! KMM users write them become digest-pinned module-loader DaemonSets on the nodes running each
+//! kernel, a device plugin follows the loaders, a steady cluster costs no writes, a kernel upgrade
+//! moves the loaders, bad input is reported in the Module's status, and deletion unloads cleanly.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kforge_reconcile::api::Module;
+use kube::CustomResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use support::control_plane::{ControlPlane, FakeNode, Options};
+use support::oci::{Image, file, write_image};
+use support::registry::{Registry, skopeo_copy};
+use support::{kforge, ok};
+
+const KERNEL_A: &str = "6.1.0-31-amd64";
+const KERNEL_B: &str = "6.1.0-32-amd64";
+const KERNEL_LABEL: &str = "kmm.node.kubernetes.io/kernel-version.full";
+const READY_LABEL: &str = "kmm.node.kubernetes.io/default.kmm-ci.ready";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+}
+
+fn object<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("not a valid object ({e}): {value}"))
+}
+
+/// A small image naming itself, pushed as `repo:tag`; returns its digest.
+fn push_image(registry: &Registry, work: &Path, repo: &str, tag: &str) -> String {
+    let layout = work.join(format!("{repo}-{tag}"));
+    write_image(&layout, "v", &Image::oci(vec![vec![file("/etc/kforge-kmm", format!("{repo}:{tag}\n").into_bytes())]]));
+    let reference = format!("{}/{repo}:{tag}", registry.host());
+    skopeo_copy(&format!("oci:{}:v", layout.display()), &format!("docker://{reference}"), &registry.skopeo_dest_flags());
+    ok(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}"]).args(registry.skopeo_flags()).arg(format!("docker://{reference}"))).trim().to_string()
+}
+
+/// `kforge reconcile`, stopped with SIGTERM on drop; its health and metrics address.
+struct Reconciler {
+    child: Child,
+    addr: String,
+}
+
+impl Reconciler {
+    fn start(kubeconfig: &Path, args: &[&str]) -> Reconciler {
+        let mut child = kforge()
+            .arg("reconcile")
+            .args(["--listen", "127.0.0.1:0", "--resync", "2s"])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,kforge_reconcile=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kforge reconcile");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+        let Some(addr) = line.trim().strip_prefix("kforge reconcile: health and metrics on ").map(str::to_string) else {
+            let _ = child.kill();
+            panic!("kforge reconcile did not start: {line:?}");
+        };
+        Reconciler { child, addr }
+    }
+
+    /// The value of a counter or gauge on /metrics (summed over label sets matching `filter`).
+    fn metric(&self, name: &str, filter: &str) -> f64 {
+        let body = ok(Command::new("curl").args(["-sf", &format!("http://{}/metrics", self.addr)]));
+        body.lines()
+            .filter(|l| l.starts_with(name) && l.contains(filter) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    }
+
+    fn healthy(&self, path: &str) -> bool {
+        Command::new("curl").args(["-sf", &format!("http://{}{path}", self.addr)]).status().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Reconciler {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn condition(module: &Module, type_: &str) -> Option<(String, String, String)> {
+    let c = module.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn loaders(list: &[DaemonSet], component: &str) -> Vec<DaemonSet> {
+    list.iter()
+        .filter(|d| d.metadata.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/component")).is_some_and(|c| c == component))
+        .cloned()
+        .collect()
+}
+
+fn node_selector(ds: &DaemonSet) -> std::collections::BTreeMap<String, String> {
+    ds.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|p| p.node_selector.clone()).unwrap_or_default()
+}
+
+fn image(ds: &DaemonSet) -> String {
+    ds.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|p| p.containers.first()).and_then(|c| c.image.clone()).unwrap_or_default()
+}
+
+/// The whole life of a Module on a cluster of four fake nodes: three selected (two on kernel A, one
+/// on kernel B), one not. Only kernel A's image exists at first.
+#[test]
+#[cfg_attr(kforge_no_control_plane, ignore = "the control plane peers are not built: run tests/peers/build.sh")]
+fn modules_become_digest_pinned_loaders_and_follow_kernels() {
+    let registry = Registry::start_plain();
+    let work = tempfile::tempdir().expect("tempdir");
+    let digest_a = push_image(&registry, work.path(), "kmm-ci", KERNEL_A);
+    let cp = ControlPlane::start_with(Options {
+        nodes: vec![
+            FakeNode::new("a1", KERNEL_A, "Debian GNU/Linux 12 (bookworm)").label("kforge.test/gpu", "yes"),
+            FakeNode::new("a2", KERNEL_A, "Debian GNU/Linux 12 (bookworm)").label("kforge.test/gpu", "yes"),
+            FakeNode::new("b1", KERNEL_B, "Debian GNU/Linux 12 (bookworm)").label("kforge.test/gpu", "yes"),
+            FakeNode::new("plain", KERNEL_A, "Debian GNU/Linux 12 (bookworm)"),
+        ],
+    });
+    let rt = runtime();
+    let client = rt.block_on(cp.client());
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    rt.block_on(crds.create(&PostParams::default(), &Module::crd())).expect("the generated CRD is accepted by the API server");
+    rt.block_on(cp.eventually("the Module CRD is established", async || {
+        let crd = crds.get("modules.kmm.sigs.x-k8s.io").await.ok()?;
+        crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+    }));
+
+    let reconciler = Reconciler::start(cp.kubeconfig(), &[]);
+    let modules: Api<Module> = Api::namespaced(client.clone(), "default");
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let host = registry.host().to_string();
+    let module: Module = object(json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+        "kind": "Module",
+        "metadata": {"name": "kmm-ci", "namespace": "default"},
+        "spec": {
+            "moduleLoader": {"container": {
+                "modprobe": {"moduleName": "kmm_ci_a", "parameters": ["debug=1"]},
+                "kernelMappings": [{"regexp": "^6\\.1\\.", "containerImage": format!("{host}/kmm-ci:${{KERNEL_FULL_VERSION}}")}],
+            }},
+            "devicePlugin": {"container": {"image": format!("{host}/device-plugin:1")}},
+            "selector": {"kforge.test/gpu": "yes"},
+        },
+    }));
+    rt.block_on(modules.create(&PostParams::default(), &module)).expect("create the Module");
+
+    // Kernel A: one loader, pinned by digest, on the selected nodes running kernel A.
+    let loader_a = rt.block_on(cp.eventually("a loader DaemonSet for kernel A", async || {
+        let list = daemonsets.list(&ListParams::default()).await.ok()?;
+        loaders(&list.items, "module-loader").into_iter().find(|d| node_selector(d).get(KERNEL_LABEL).is_some_and(|k| k == KERNEL_A))
+    }));
+    assert_eq!(image(&loader_a), format!("{host}/kmm-ci@{digest_a}"), "pinned by the registry's digest");
+    let selector = node_selector(&loader_a);
+    assert_eq!(selector.get("kforge.test/gpu").map(String::as_str), Some("yes"), "the Module's selector is kept: {selector:?}");
+    let pod = loader_a.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod spec");
+    let container = &pod.containers[0];
+    assert_eq!(container.command.as_deref(), Some(&["sleep".to_string(), "infinity".to_string()][..]));
+    let caps = container.security_context.as_ref().and_then(|s| s.capabilities.as_ref()).and_then(|c| c.add.clone()).unwrap_or_default();
+    assert!(caps.contains(&"SYS_MODULE".to_string()), "SYS_MODULE: {caps:?}");
+    let hooks = serde_json::to_string(&container.lifecycle).expect("json");
+    assert!(hooks.contains("modprobe") && hooks.contains("kmm_ci_a") && hooks.contains("debug=1"), "modprobe hooks: {hooks}");
+    let owner = loader_a.metadata.owner_references.clone().unwrap_or_default();
+    assert!(owner.iter().any(|o| o.kind == "Module" && o.name == "kmm-ci"), "owned by the Module: {owner:?}");
+
+    // Nodes carry their kernel; the loader's pods run on a1 and a2 only.
+    rt.block_on(cp.eventually("kernel labels on every node", async || {
+        let list = nodes.list(&ListParams::default()).await.ok()?;
+        list.items.iter().all(|n| n.metadata.labels.as_ref().and_then(|l| l.get(KERNEL_LABEL)).is_some()).then_some(())
+    }));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let on = rt.block_on(cp.eventually("the loader's pods on a1 and a2", async || {
+        let list = pods.list(&ListParams::default().labels("app.kubernetes.io/component=module-loader")).await.ok()?;
+        let mut on: Vec<String> = list.items.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+        on.sort();
+        (on.len() == 2).then_some(on)
+    }));
+    assert_eq!(on, ["a1", "a2"]);
+
+    // Kernel B has no image and nothing to build it with: Degraded, naming the image.
+    let status = rt.block_on(cp.eventually("kernel B reported missing", async || {
+        let m = modules.get("kmm-ci").await.ok()?;
+        let (s, _, message) = condition(&m, "Degraded")?;
+        (s == "True" && message.contains(&format!("kmm-ci:{KERNEL_B}"))).then_some(m)
+    }));
+    let kernels = status.status.as_ref().map(|s| s.kernels.clone()).unwrap_or_default();
+    let a = kernels.iter().find(|k| k.kernel == KERNEL_A).expect("kernel A in the status");
+    assert_eq!(a.digest.as_deref(), Some(digest_a.as_str()));
+    assert_eq!(a.nodes_desired, 2);
+
+    // The device plugin follows loaders that are Ready (kwok makes the pods Ready).
+    rt.block_on(cp.eventually("ready labels on a1 and a2", async || {
+        let list = nodes.list(&ListParams::default()).await.ok()?;
+        let ready: Vec<String> = list
+            .items
+            .iter()
+            .filter(|n| n.metadata.labels.as_ref().is_some_and(|l| l.contains_key(READY_LABEL)))
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        (ready.len() == 2).then_some(())
+    }));
+    let plugin = rt.block_on(cp.eventually("a device-plugin DaemonSet", async || {
+        let list = daemonsets.list(&ListParams::default()).await.ok()?;
+        loaders(&list.items, "device-plugin").into_iter().next()
+    }));
+    assert!(node_selector(&plugin).contains_key(READY_LABEL), "device plugin only where the loader is ready: {:?}", node_selector(&plugin));
+
+    // Kernel B's image appears: the next resync pins it.
+    let digest_b = push_image(&registry, work.path(), "kmm-ci", KERNEL_B);
+    let loader_b = rt.block_on(cp.eventually("a loader DaemonSet for kernel B", async || {
+        let list = daemonsets.list(&ListParams::default()).await.ok()?;
+        loaders(&list.items, "module-loader").into_iter().find(|d| node_selector(d).get(KERNEL_LABEL).is_some_and(|k| k == KERNEL_B))
+    }));
+    assert_eq!(image(&loader_b), format!("{host}/kmm-ci@{digest_b}"));
+    rt.block_on(cp.eventually("Ready once every selected node has its loader", async || {
+        let m = modules.get("kmm-ci").await.ok()?;
+        let (s, _, _) = condition(&m, "Ready")?;
+        (s == "True").then_some(())
+    }));
+
+    // Steady state: several resyncs, no write request.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = reconciler.metric("kforge_reconciler_writes_total", "");
+    let passes_before = reconciler.metric("kforge_reconciler_passes_total", "");
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(reconciler.metric("kforge_reconciler_passes_total", "") > passes_before, "the reconciler kept passing");
+    assert_eq!(reconciler.metric("kforge_reconciler_writes_total", ""), before, "a steady cluster costs no writes");
+    assert!(reconciler.healthy("/healthz") && reconciler.healthy("/readyz"));
+
+    // Kernel upgrade: b1 now runs kernel A; kernel B's loader goes, b1 gets kernel A's.
+    let patch = json!({"status": {"nodeInfo": {"kernelVersion": KERNEL_A}}});
+    rt.block_on(nodes.patch_status("b1", &PatchParams::default(), &Patch::Merge(&patch))).expect("upgrade b1");
+    rt.block_on(cp.eventually("kernel B's loader collected", async || {
+        let list = daemonsets.list(&ListParams::default()).await.ok()?;
+        let loaders = loaders(&list.items, "module-loader");
+        (loaders.len() == 1 && node_selector(&loaders[0]).get(KERNEL_LABEL).is_some_and(|k| k == KERNEL_A)).then_some(())
+    }));
+    rt.block_on(cp.eventually("b1 labelled with its new kernel", async || {
+        let n = nodes.get("b1").await.ok()?;
+        n.metadata.labels?.get(KERNEL_LABEL).is_some_and(|k| k == KERNEL_A).then_some(())
+    }));
+
+    // Bad input: an invalid regexp is a Degraded condition naming the field, and the controller
+    // goes on serving the other Module.
+    let bad: Module = object(json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+        "kind": "Module",
+        "metadata": {"name": "bad", "namespace": "default"},
+        "spec": {
+            "moduleLoader": {"container": {"modprobe": {"moduleName": "x"}, "kernelMappings": [{"regexp": "6.1.(", "containerImage": "x"}]}},
+            "selector": {"kforge.test/gpu": "yes"},
+        },
+    }));
+    rt.block_on(modules.create(&PostParams::default(), &bad)).expect("create the bad Module");
+    let (_, _, message) = rt.block_on(cp.eventually("the bad Module is Degraded", async || {
+        let m = modules.get("bad").await.ok()?;
+        condition(&m, "Degraded").filter(|(s, _, _)| s == "True")
+    }));
+    assert!(message.contains("kernelMappings[0].regexp"), "names the field: {message}");
+
+    // Deletion: the finalizer holds the Module until its DaemonSets and ready labels are gone.
+    let live = rt.block_on(modules.get("kmm-ci")).expect("get");
+    assert!(live.metadata.finalizers.unwrap_or_default().iter().any(|f| f == "kforge.io/module-loader"), "finalizer added");
+    rt.block_on(modules.delete("kmm-ci", &DeleteParams::default())).expect("delete");
+    rt.block_on(cp.eventually("the Module gone with its DaemonSets", async || {
+        let gone = modules.get_opt("kmm-ci").await.ok()?.is_none();
+        let list = daemonsets.list(&ListParams::default()).await.ok()?;
+        (gone && list.items.is_empty()).then_some(())
+    }));
+    let labelled = rt.block_on(nodes.list(&ListParams::default())).expect("nodes");
+    assert!(
+        labelled.items.iter().all(|n| !n.metadata.labels.as_ref().is_some_and(|l| l.contains_key(READY_LABEL))),
+        "ready labels removed"
+    );
+    drop(reconciler);
+}
