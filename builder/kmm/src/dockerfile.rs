@@ -140,9 +140,8 @@ fn run_instructions<'a>(dockerfile: &str, ids: &[&'a str]) -> Vec<(usize, usize,
 
         if word == "run" {
             // The keyword must sit whole on the instruction's first line to insert after it there.
-            let first_line = &trimmed[..];
-            let keyword_here = first_line.get(..3).is_some_and(|k| k.eq_ignore_ascii_case("run"))
-                && first_line[3..].chars().next().is_none_or(|c| c.is_whitespace() || c == directives.escape);
+            let keyword_here = trimmed.get(..3).is_some_and(|k| k.eq_ignore_ascii_case("run"))
+                && trimmed[3..].chars().next().is_none_or(|c| c.is_whitespace() || c == directives.escape);
             if !keyword_here {
                 continue;
             }
