@@ -378,11 +378,7 @@ fn existing_mounts(args: &str) -> Vec<Mount> {
                 "type" => mount.secret = val.trim() == "secret",
                 // For a secret, `source` names the id too (and wins, as in BuildKit).
                 "source" | "src" => mount.id = Some(val.trim().to_string()),
-                "id" => {
-                    if mount.id.is_none() {
-                        mount.id = Some(val.trim().to_string());
-                    }
-                }
+                "id" if mount.id.is_none() => mount.id = Some(val.trim().to_string()),
                 "target" | "dst" | "destination" => mount.target = Some(val.trim().to_string()),
                 _ => {}
             }
@@ -470,6 +466,11 @@ mod tests {
                 "a mount already at the target is kept",
                 "FROM a\nRUN --mount=type=secret,id=other,target=/run/secrets/plain --network=none make\n".into(),
                 format!("FROM a\nRUN {s} --mount=type=secret,id=other,target=/run/secrets/plain --network=none make\n"),
+            ),
+            (
+                "a secret named by source, and one whose default target is ours",
+                "FROM a\nRUN --mount=type=secret,source=plain x\nRUN --mount=type=secret,id=other/plain y\n".into(),
+                format!("FROM a\nRUN {s} --mount=type=secret,source=plain x\nRUN {s} --mount=type=secret,id=other/plain y\n"),
             ),
             (
                 "multiple stages",
