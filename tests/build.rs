@@ -1,4 +1,5 @@
-//! End to end: `kforge build` and the Builder service against a real BuildKit and a real Debian
+//! End to end: `kforge build` (and `kforge build-sign`'s build secrets, mounted as KMM mounts them)
+//! and the Builder service against a real BuildKit and a real Debian
 //! `docker-registry`. Each scenario runs three times, against a BuildKit started privately by the
 //! test: the one inside Debian's Docker engine (`docker://`), and the pinned standalone buildkitd
 //! built by tests/peers/build.sh (what runs in a cluster) over `unix://` and over `tcp://` with
@@ -35,6 +36,7 @@ fn kforge_build(buildkit: &BuildKit, home: &Path) -> Command {
 on_every_buildkit!(
     builds_a_kmm_module_image,
     secrets_reach_run_mounts_and_no_layer,
+    kmm_secrets_reach_every_run_without_a_mount_flag,
     a_private_base_needs_the_session_credentials,
     build_errors_name_the_problem,
     cancelling_the_client_stops_the_build,
@@ -186,6 +188,91 @@ fn secrets_reach_run_mounts_and_no_layer(kind: Kind) {
     let e = fails(&mut cmd);
     let error = e.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {e}"));
     assert!(error.contains("secret token"), "{error}");
+}
+
+/// A Dockerfile written for KMM names no `--mount`: `kforge build-sign` (KMM's path) mounts every
+/// secret into every RUN of every stage at `/run/secrets/<secret>/<key>` (or `/run/secrets/<id>`);
+/// a step that finds the wrong content fails the build; no secret reaches a layer.
+fn kmm_secrets_reach_every_run_without_a_mount_flag(kind: Kind) {
+    let registry = Registry::start_plain();
+    let engine = BuildKit::start(kind, &[&registry]);
+    let runtime = dtk::push_runtime(&registry, "kmod:bookworm");
+    let home = tempfile::tempdir().expect("tempdir");
+    let (token_value, plain_value) = ("kforge-kmm-token-5be1d07a", "kforge-kmm-plain-93c4e2f8");
+    let token = home.path().join("token");
+    std::fs::write(&token, token_value).expect("write secret");
+    let plain = home.path().join("plain");
+    std::fs::write(&plain, plain_value).expect("write secret");
+    let dockerfile = home.path().join("Dockerfile");
+    use sha2::Digest;
+    let token_sha256 = hex(&sha2::Sha256::digest(token_value.as_bytes()));
+    // The first RUN checks the token by its hash (the Dockerfile lands in the image's history, so
+    // it holds no secret). No heredoc: Debian's Docker engine (20.10) has no heredocs without a
+    // `# syntax=` frontend image; the unit tests cover them.
+    std::fs::write(
+        &dockerfile,
+        format!(
+            "FROM {runtime} AS build\n\
+             RUN test \"$(sha256sum /run/secrets/mysecret/token | cut -d' ' -f1)\" = \"{token_sha256}\" || exit 42; \\\n\
+             \x20   sha256sum /run/secrets/mysecret/token | cut -d' ' -f1 > /token-sha256\n\
+             # a comment line\n\
+             RUN test -s /run/secrets/plain && \\\n\
+             \x20   wc -c < /run/secrets/plain > /plain-length\n\
+             FROM {runtime}\n\
+             COPY --from=build /token-sha256 /plain-length /opt/\n\
+             run test -s /run/secrets/mysecret/token && test -s /run/secrets/plain && echo the final stage sees both > /opt/seen\n"
+        ),
+    )
+    .expect("write Dockerfile");
+    let build_sign = |tag: &str, token: &Path, extra: &[&str]| {
+        let mut cmd = support::kforge();
+        cmd.arg("build-sign")
+            .args(engine.args())
+            .args(["--kernel", "6.1.0-1-amd64", "--module-name", "kforge_hello", "--progress", "plain"])
+            .arg("-f")
+            .arg(&dockerfile)
+            .arg("--secret")
+            .arg(format!("id=mysecret/token,src={}", token.display()))
+            .arg("--secret")
+            .arg(format!("id=plain,src={}", plain.display()))
+            .args(["--to", &format!("{}/kmm-secrets/test:{tag}", registry.host())])
+            .args(extra)
+            .env("DOCKER_CONFIG", home.path())
+            .env_remove("BUILDKIT_HOST")
+            .stdin(Stdio::null());
+        cmd
+    };
+
+    // A secret with other content: the step's own check fails the build (secrets are not part of
+    // BuildKit's cache key, hence --no-cache).
+    let wrong = home.path().join("wrong");
+    std::fs::write(&wrong, "not-the-token").expect("write");
+    let e = fails(&mut build_sign("wrong", &wrong, &["--no-cache"]));
+    let error = e.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {e}"));
+    assert!(error.contains("exit code: 42"), "{error}");
+    assert!(registry.tags("kmm-secrets/test").is_empty(), "nothing pushed");
+
+    let out = output(&mut build_sign("1", &token, &[]));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}\nBuildKit log:\n{}", engine.log_tail(30));
+    assert!(!stderr.contains(token_value) && !stderr.contains(plain_value), "the secrets are not printed");
+    let work = tempfile::tempdir().expect("tempdir");
+    let rootfs = unpack(&registry, &format!("{}/kmm-secrets/test:1", registry.host()), work.path());
+    let read = |rel: &str| std::fs::read_to_string(rootfs.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    assert_eq!(read("opt/token-sha256").trim(), token_sha256, "the first stage read <secret>/<key>");
+    assert_eq!(read("opt/plain-length").trim(), plain_value.len().to_string(), "the second RUN read the plain id");
+    assert_eq!(read("opt/seen").trim(), "the final stage sees both");
+    // No secret file in the image. BuildKit may leave the mount points' parent directories
+    // (`/run/secrets/mysecret/`), empty.
+    let mut left = vec![rootfs.join("run/secrets")];
+    while let Some(path) = left.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        assert!(meta.is_dir(), "{} is in the image", path.display());
+        left.extend(std::fs::read_dir(&path).expect("read dir").flatten().map(|e| e.path()));
+    }
+    for layer in layer_contents(&work.path().join("oci")) {
+        assert!(!contains(&layer, token_value.as_bytes()) && !contains(&layer, plain_value.as_bytes()), "a layer or config holds a secret");
+    }
 }
 
 fn a_private_base_needs_the_session_credentials(kind: Kind) {

@@ -1,5 +1,5 @@
-//! Errors of kernel-variable expansion and DTK resolution; each names the kernel, template, mapping,
-//! image or Kubernetes object involved.
+//! Errors of kernel-variable expansion, DTK resolution and KMM's requests; each names the kernel,
+//! template, mapping, image, secret or Kubernetes object involved.
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -107,6 +107,14 @@ pub enum Error {
     #[error("the Dockerfile uses DTK_AUTO but {reason}: pass DTK_AUTO as a build argument or configure where Driver Toolkit images come from")]
     DtkUnconfigured {
         /// Why it cannot be resolved.
+        reason: &'static str,
+    },
+    /// A build secret's id cannot be mounted at `/run/secrets/<id>` in every `RUN`.
+    #[error("build secret {id:?} cannot be mounted at /run/secrets/{id} in the Dockerfile's RUN steps: {reason}; name secrets <secret>/<key> (a Kubernetes Secret and one of its keys) or with a plain name such as token")]
+    SecretId {
+        /// The id as given.
+        id: String,
+        /// What is wrong with it.
         reason: &'static str,
     },
     /// The request builds, but no BuildKit was given.

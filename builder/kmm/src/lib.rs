@@ -6,10 +6,12 @@
 //! - [`Resolver`]: the Driver Toolkit image for a kernel, pinned to a digest, from OpenShift's
 //!   ImageStream, an explicit mapping, or a template.
 //! - [`KmmRequest::prepare`] → [`BuildSign`] → [`run`]: one kernel's module image built (through
-//!   `kforge-builder`), signed (through `kforge-image`) and pushed once.
+//!   `kforge-builder`), signed (through `kforge-image`) and pushed once. With build secrets, every
+//!   `RUN` of the Dockerfile mounts them at `/run/secrets/<id>` first, as KMM's builds see them.
 #![warn(missing_docs)]
 
 mod config;
+mod dockerfile;
 mod error;
 mod kubeapi;
 mod lookup;

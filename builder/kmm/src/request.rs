@@ -1,7 +1,8 @@
 //! KMM's build and sign sections for one kernel, turned into a [`BuildSign`] the same way for every
 //! caller (the CLI, the Builder service, the reconciler): KMM's variables expanded, KMM's build
-//! arguments injected (they win, as in KMM), `DTK_AUTO` resolved when the Dockerfile uses it, and
-//! the files to sign chosen.
+//! arguments injected (they win, as in KMM), `DTK_AUTO` resolved when the Dockerfile uses it, build
+//! secrets mounted into every `RUN` at `/run/secrets/<id>` (as KMM's builds see them), and the files
+//! to sign chosen.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +25,8 @@ pub struct KmmBuild {
     pub context: Vec<InputFile>,
     /// The caller's build arguments, in order (KMM's buildArgs); values may use KMM's variables.
     pub build_args: Vec<(String, String)>,
-    /// Build secrets by id (KMM's secrets).
+    /// Build secrets by id (KMM's secrets: `<secret>/<key>`, or a plain name); every `RUN` of the
+    /// Dockerfile sees each at `/run/secrets/<id>`.
     pub secrets: BTreeMap<String, Vec<u8>>,
     /// Target stage.
     pub target: Option<String>,
@@ -145,9 +147,16 @@ impl KmmRequest {
                     args.insert("DTK_AUTO".into(), r.image.clone());
                     resolved = Some(r);
                 }
+                // As in KMM, every RUN sees the secrets at /run/secrets/<id> without a --mount flag.
+                // The rewritten Dockerfile is what is built and what the inputs hash covers.
+                let dockerfile = if build.secrets.is_empty() {
+                    build.dockerfile.clone()
+                } else {
+                    crate::dockerfile::mount_secrets(&build.dockerfile, build.secrets.keys().map(String::as_str))?
+                };
                 Source::Dockerfile(BuildSpec {
                     image: image.clone(),
-                    dockerfile: build.dockerfile.clone(),
+                    dockerfile,
                     context: build.context.clone(),
                     build_args: args,
                     target: build.target.clone(),
@@ -246,6 +255,28 @@ mod tests {
     async fn a_bad_template_names_the_field() {
         let e = request("FROM a\n", &[("SRC", "${KERNEL_XYZ")]).prepare(None).await.err().expect("refused");
         assert!(e.to_string().contains("build arg SRC"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn secrets_are_mounted_into_every_run_and_hashed_as_built() {
+        let mut req = request("FROM a\nRUN make\n", &[]);
+        let plain = match req.clone().prepare(None).await.expect("prepares").request.source {
+            Source::Dockerfile(spec) => spec,
+            Source::Unsigned(_) => panic!("a build"),
+        };
+        assert_eq!(plain.dockerfile, "FROM a\nRUN make\n", "no secrets, no change");
+        if let Some(b) = req.build.as_mut() {
+            b.secrets.insert("mysecret/token".into(), b"s3cret".to_vec());
+        }
+        let Source::Dockerfile(spec) = req.clone().prepare(None).await.expect("prepares").request.source else { panic!("a build") };
+        assert_eq!(spec.dockerfile, "FROM a\nRUN --mount=type=secret,id=mysecret/token,target=/run/secrets/mysecret/token make\n");
+        assert_ne!(spec.inputs_hash(), plain.inputs_hash());
+
+        if let Some(b) = req.build.as_mut() {
+            b.secrets.insert("../x".into(), vec![]);
+        }
+        let e = req.prepare(None).await.err().expect("refused");
+        assert!(matches!(&e, Error::SecretId { id, .. } if id == "../x"), "{e}");
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub struct BuildArgs {
     /// A build argument, NAME=VALUE (repeatable); KMM's KERNEL_FULL_VERSION, MOD_NAME, DTK_AUTO… go here.
     #[arg(long = "build-arg", value_name = "NAME=VALUE")]
     build_args: Vec<String>,
-    /// A build secret for `RUN --mount=type=secret`: id=NAME,src=FILE (repeatable); never a build argument.
+    /// A build secret: id=NAME,src=FILE (repeatable); every RUN sees it at /run/secrets/NAME, as in
+    /// KMM (an id SECRET/KEY gives /run/secrets/SECRET/KEY); never a build argument.
     #[arg(long = "secret", value_name = "id=NAME,src=FILE")]
     secrets: Vec<String>,
     /// The stage to build.
