@@ -202,11 +202,8 @@ async fn digest_of(client: &mut Client, job: &BuildJob, reported: &str) -> std::
     if let Some((_, digest)) = reported.split_once('@') {
         return Ok(digest.to_string());
     }
-    let request = pb::ImageRequest {
-        image: job.image.clone(),
-        docker_config_json: job.request.docker_config_json.clone(),
-        registry_tls: job.request.registry_tls,
-    };
+    let request =
+        pb::ImageRequest { image: job.image.clone(), docker_config_json: job.request.docker_config_json.clone(), registry_tls: job.request.registry_tls };
     match client.resolve_digest(request).await {
         Ok(r) if !r.get_ref().digest.is_empty() => Ok(r.into_inner().digest),
         Ok(_) => Err(format!("built {} but the registry has no digest for it", job.image)),
@@ -220,7 +217,7 @@ mod tests {
     use std::pin::Pin;
     use std::time::Duration;
 
-    use futures_util::Stream;
+    use futures_util::{Stream, StreamExt};
     use kforge_proto::builder::v1::builder_server::{Builder, BuilderServer};
     use tonic::{Request, Response, Status};
 
@@ -233,13 +230,13 @@ mod tests {
         delay: Duration,
     }
 
-    type Events = Pin<Box<dyn Stream<Item = std::result::Result<pb::BuildEvent, Status>> + Send>>;
+    type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<pb::BuildEvent, Status>> + Send>>;
 
     #[tonic::async_trait]
     impl Builder for FakeBuilder {
-        type BuildStream = Events;
+        type BuildStream = EventStream;
 
-        async fn build(&self, request: Request<pb::BuildRequest>) -> std::result::Result<Response<Events>, Status> {
+        async fn build(&self, request: Request<pb::BuildRequest>) -> std::result::Result<Response<EventStream>, Status> {
             self.requests.lock().expect("lock").push(request.into_inner());
             let outcome = self.outcomes.lock().expect("lock").remove(0);
             let delay = self.delay;

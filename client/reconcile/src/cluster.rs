@@ -146,9 +146,7 @@ impl Stores {
             .state()
             .iter()
             .filter(|d| d.namespace() == module.namespace())
-            .filter(|d| {
-                d.labels().get(MODULE_NAME_LABEL) == Some(&name) || d.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref())
-            })
+            .filter(|d| d.labels().get(MODULE_NAME_LABEL) == Some(&name) || d.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
             .map(|d| (**d).clone())
             .collect()
     }

@@ -236,8 +236,9 @@ impl Reconciler {
                 log("add finalizer", e);
             }
         }
+        let mut deleted = std::collections::BTreeSet::new();
         for m in deleting {
-            if let Err(e) = self.finish_deletion(m).await {
+            if let Err(e) = self.finish_deletion(m, &mut deleted).await {
                 log("module deletion", e);
             }
         }
@@ -251,7 +252,7 @@ impl Reconciler {
                 }
             }
         }
-        for key in &plan.garbage {
+        for key in plan.garbage.iter().filter(|k| !deleted.contains(*k)) {
             if let Some(ds) = facts.daemonsets.get(key)
                 && let Err(e) = self.writes.delete_daemonset(ds).await
             {
@@ -280,12 +281,13 @@ impl Reconciler {
 
     /// A Module being deleted: its DaemonSets go first (their pods unload the module), then its
     /// ready labels, then the finalizer.
-    async fn finish_deletion(&self, module: &Module) -> Result<()> {
+    async fn finish_deletion(&self, module: &Module, deleted: &mut std::collections::BTreeSet<(String, String)>) -> Result<()> {
         if !module.finalizers().iter().any(|f| f == FINALIZER) {
             return Ok(());
         }
         let daemonsets = self.stores.module_daemonsets(module);
         for ds in &daemonsets {
+            deleted.insert((ds.namespace().unwrap_or_default(), ds.name_any()));
             self.writes.delete_daemonset(ds).await?;
         }
         if !daemonsets.is_empty() || self.stores.module_has_pods(module) {
@@ -299,3 +301,6 @@ impl Reconciler {
         self.writes.remove_finalizer(module).await
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -50,6 +50,7 @@ impl Events {
         Events(enabled.then(|| Recorder::new(client.clone(), reporter)))
     }
 
+    #[cfg(test)]
     pub(crate) fn disabled() -> Self {
         Events(None)
     }
