@@ -55,7 +55,7 @@ impl Stores {
     /// Live Modules sorted by namespace/name, the deleting ones apart.
     pub(crate) fn modules(&self) -> (Vec<Module>, Vec<Module>) {
         let mut all: Vec<Module> = self.modules.state().iter().map(|m| (**m).clone()).collect();
-        all.sort_by(|a, b| (a.namespace(), a.name_any()).cmp(&(b.namespace(), b.name_any())));
+        all.sort_by_key(|m| (m.namespace(), m.name_any()));
         all.into_iter().partition(|m| m.metadata.deletion_timestamp.is_none())
     }
 

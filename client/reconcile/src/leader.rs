@@ -128,3 +128,120 @@ impl Elector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/kforge/leases/kforge-reconciler";
+
+    fn elector() -> (Elector, Handle) {
+        let (svc, api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, "default");
+        (Elector::new(client, LeaseConfig::new("kforge", "me"), Metrics::default()), api)
+    }
+
+    fn lease(holder: &str, renewed_ago: i64) -> Value {
+        let renewed = Timestamp::now() - SignedDuration::from_secs(renewed_ago);
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "kforge-reconciler", "namespace": "kforge", "resourceVersion": "3"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": MicroTime(renewed), "leaseTransitions": 2}
+        })
+    }
+
+    async fn answer(api: &mut Handle, method: Method, path: &str, status: StatusCode, reply: Value) -> Value {
+        let (req, send) = tokio::time::timeout(std::time::Duration::from_secs(5), api.next_request()).await.expect("request in time").expect("alive");
+        assert_eq!((req.method(), req.uri().path()), (&method, path));
+        let body = req.into_body().collect_bytes().await.expect("body");
+        send.send_response(Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).expect("json"))).expect("response"));
+        if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).expect("json body") }
+    }
+
+    async fn quiet(api: &mut Handle) {
+        if let Ok(Some((req, _))) = tokio::time::timeout(std::time::Duration::from_millis(50), api.next_request()).await {
+            panic!("an unexpected request: {} {}", req.method(), req.uri());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_free_lease_is_created_and_held() {
+        let (e, mut api) = elector();
+        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+        let (held, ()) = tokio::join!(e.try_acquire_or_renew(), async {
+            answer(&mut api, Method::GET, PATH, StatusCode::NOT_FOUND, not_found).await;
+            let body = answer(&mut api, Method::POST, "/apis/coordination.k8s.io/v1/namespaces/kforge/leases", StatusCode::CREATED, lease("me", 0)).await;
+            assert_eq!(body["spec"]["holderIdentity"], "me");
+            assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+        });
+        assert!(held.expect("no error"));
+        quiet(&mut api).await;
+    }
+
+    #[tokio::test]
+    async fn a_fresh_lease_of_another_holder_is_left_alone() {
+        let (e, mut api) = elector();
+        let (held, ()) = tokio::join!(e.try_acquire_or_renew(), async {
+            answer(&mut api, Method::GET, PATH, StatusCode::OK, lease("other", 3)).await;
+        });
+        assert!(!held.expect("no error"));
+        quiet(&mut api).await;
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_and_a_race_lost_on_conflict() {
+        let (e, mut api) = elector();
+        let (held, ()) = tokio::join!(e.try_acquire_or_renew(), async {
+            answer(&mut api, Method::GET, PATH, StatusCode::OK, lease("other", 60)).await;
+            let body = answer(&mut api, Method::PUT, PATH, StatusCode::OK, lease("me", 0)).await;
+            assert_eq!(body["spec"]["holderIdentity"], "me");
+            assert_eq!(body["spec"]["leaseTransitions"], 3);
+            assert_eq!(body["metadata"]["resourceVersion"], "3");
+        });
+        assert!(held.expect("no error"));
+        let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "modified"});
+        let (held, ()) = tokio::join!(e.try_acquire_or_renew(), async {
+            answer(&mut api, Method::GET, PATH, StatusCode::OK, lease("other", 60)).await;
+            answer(&mut api, Method::PUT, PATH, StatusCode::CONFLICT, conflict).await;
+        });
+        assert!(!held.expect("a conflict is no error"));
+    }
+
+    #[tokio::test]
+    async fn the_holder_renews_and_steps_down_by_clearing_the_holder() {
+        let (e, mut api) = elector();
+        let (held, ()) = tokio::join!(e.try_acquire_or_renew(), async {
+            answer(&mut api, Method::GET, PATH, StatusCode::OK, lease("me", 4)).await;
+            let body = answer(&mut api, Method::PUT, PATH, StatusCode::OK, lease("me", 0)).await;
+            assert_eq!(body["spec"]["leaseTransitions"], 2, "a renewal is no transition");
+        });
+        assert!(held.expect("no error"));
+        let (done, ()) = tokio::join!(e.step_down(), async {
+            answer(&mut api, Method::GET, PATH, StatusCode::OK, lease("me", 1)).await;
+            let body = answer(&mut api, Method::PUT, PATH, StatusCode::OK, lease("", 1)).await;
+            assert!(body["spec"].get("holderIdentity").is_none());
+        });
+        done.expect("stepped down");
+    }
+
+    #[tokio::test]
+    async fn the_loop_reports_not_leading_while_another_holds_the_lease() {
+        let (e, mut api) = elector();
+        let (leading_tx, leading) = watch::channel(true);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(e.run(leading_tx, stop_rx));
+        answer(&mut api, Method::GET, PATH, StatusCode::OK, lease("other", 1)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!*leading.borrow());
+        stop_tx.send(true).expect("send");
+        // Stepping down reads the Lease and, not holding it, writes nothing.
+        answer(&mut api, Method::GET, PATH, StatusCode::OK, lease("other", 1)).await;
+        tokio::time::timeout(std::time::Duration::from_secs(5), task).await.expect("stops").expect("no panic");
+        quiet(&mut api).await;
+    }
+}
