@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::api::{KernelStatus, ModuleSpec, ModuleStatus};
 use crate::cluster::{KERNEL_LABEL, MODULE_NAME_LABEL, SPEC_HASH};
+use crate::config::LeaseConfig;
 use crate::plan::{ModulePlan, NodeFacts};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -445,4 +446,76 @@ async fn a_failed_watch_reconnects() {
     assert!(!task.is_finished());
     task.abort();
     assert!(rx.try_recv().is_ok(), "the relist woke the loop");
+}
+
+/// A permissive API server for whole-controller tests: lists are empty, watches stay open, the
+/// Lease belongs to `lease_holder` (fresh), and writes are recorded and answered `{}`.
+async fn cluster(mut api: Handle, lease_holder: &'static str, writes: std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut open_watches = Vec::new();
+    while let Some((req, send)) = api.next_request().await {
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let reply = if req.method() != Method::GET {
+            writes.lock().expect("lock").push(format!("{} {path}?{query}", req.method()));
+            json!({})
+        } else if query.contains("watch=true") {
+            open_watches.push(send);
+            continue;
+        } else if path.ends_with("/leases/kforge-reconciler") {
+            let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "kforge-reconciler", "namespace": "kforge", "resourceVersion": "1"},
+                   "spec": {"holderIdentity": lease_holder, "leaseDurationSeconds": 15, "renewTime": now}})
+        } else {
+            json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []})
+        };
+        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&reply).expect("json"))).expect("response"));
+    }
+}
+
+async fn run_controller(leader_election: bool, lease_holder: &'static str) -> (Metrics, Vec<String>) {
+    let (svc, api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let writes = std::sync::Arc::default();
+    let server = tokio::spawn(cluster(api, lease_holder, std::sync::Arc::clone(&writes)));
+    // Whatever the cluster holds, the (fake) planner wants one DaemonSet.
+    set_plan(Plan {
+        modules: vec![ModulePlan { namespace: "kmm".into(), name: "m".into(), daemonsets: vec![daemonset("m-loader", "h1")], status: status("Present") }],
+        ..Default::default()
+    });
+    let mut config = Config::new(fake_planner);
+    config.events = false;
+    if leader_election {
+        config.leader_election = Some(LeaseConfig::new("kforge", "me"));
+    }
+    let mut registry = prometheus_client::registry::Registry::default();
+    let controller = Controller::new(client, config, &mut registry);
+    let metrics = controller.metrics();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(controller.run(async move {
+        let _ = stopped.await;
+    }));
+    // Let it sync, debounce and pass.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), run).await.expect("stops on shutdown").expect("no panic").expect("no error");
+    server.abort();
+    let writes = writes.lock().expect("lock").clone();
+    (metrics, writes)
+}
+
+#[tokio::test]
+async fn the_controller_syncs_passes_and_stops_on_shutdown() {
+    let (metrics, writes) = run_controller(false, "").await;
+    assert!(metrics.ready());
+    assert!(metrics.passes() >= 1);
+    assert!(writes.iter().all(|w| w.starts_with("PATCH /apis/apps/v1/namespaces/kmm/daemonsets/m-loader?")), "{writes:?}");
+    assert!(!writes.is_empty());
+}
+
+#[tokio::test]
+async fn the_controller_does_not_act_while_another_replica_holds_the_lease() {
+    let (metrics, writes) = run_controller(true, "other").await;
+    assert!(metrics.ready());
+    assert_eq!(metrics.passes(), 0);
+    assert!(writes.is_empty(), "{writes:?}");
 }
