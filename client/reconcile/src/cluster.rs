@@ -161,3 +161,84 @@ impl Stores {
 fn pod_ready(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeStatus, NodeSystemInfo, PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+
+    fn pod(name: &str, node: &str, ready: bool, own_label: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("kmm".into()),
+                labels: own_label.then(|| [(MODULE_NAME_LABEL.to_string(), "m".to_string())].into()),
+                owner_references: Some(vec![OwnerReference { kind: "DaemonSet".into(), name: "m-loader".into(), ..Default::default() }]),
+                ..Default::default()
+            },
+            spec: Some(PodSpec { node_name: Some(node.into()), ..Default::default() }),
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition { type_: "Ready".into(), status: if ready { "True" } else { "False" }.into(), ..Default::default() }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn node(name: &str) -> Node {
+        Node {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            status: Some(NodeStatus {
+                node_info: Some(NodeSystemInfo { kernel_version: "6.1.0-1".into(), architecture: "arm64".into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_node_has_a_module_loaded_when_its_loader_pod_is_ready() {
+        let mut nodes = Writer::default();
+        let mut pods = Writer::default();
+        let mut daemonsets = Writer::default();
+        let stores = Stores {
+            modules: Writer::default().as_reader(),
+            nodes: nodes.as_reader(),
+            daemonsets: daemonsets.as_reader(),
+            pods: pods.as_reader(),
+            configmaps: Writer::default().as_reader(),
+            secrets: Writer::default().as_reader(),
+        };
+        for n in ["n1", "n2", "n3"] {
+            nodes.apply_watcher_event(&Event::Apply(node(n)));
+        }
+        let ds = DaemonSet {
+            metadata: ObjectMeta {
+                name: Some("m-loader".into()),
+                namespace: Some("kmm".into()),
+                labels: Some([(MODULE_NAME_LABEL.to_string(), "m".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        daemonsets.apply_watcher_event(&Event::Apply(ds));
+        pods.apply_watcher_event(&Event::Apply(pod("a", "n1", true, true)));
+        // No label of its own: the module comes from its DaemonSet.
+        pods.apply_watcher_event(&Event::Apply(pod("b", "n2", true, false)));
+        pods.apply_watcher_event(&Event::Apply(pod("c", "n3", false, true)));
+        let facts = stores.node_facts();
+        let loaded: Vec<(String, Vec<String>)> = facts.iter().map(|n| (n.name.clone(), n.loaded.iter().cloned().collect())).collect();
+        assert_eq!(loaded, vec![("n1".into(), vec!["kmm/m".to_string()]), ("n2".into(), vec!["kmm/m".to_string()]), ("n3".into(), vec![])]);
+        assert_eq!((facts[0].kernel.as_str(), facts[0].architecture.as_str()), ("6.1.0-1", "arm64"));
+    }
+
+    #[test]
+    fn managed_node_labels() {
+        assert!(is_managed_node_label(KERNEL_LABEL));
+        assert!(is_managed_node_label(&ready_label("kmm", "m")));
+        assert!(!is_managed_node_label("kmm.node.kubernetes.io/other"));
+        assert!(!is_managed_node_label("kubernetes.io/hostname"));
+    }
+}

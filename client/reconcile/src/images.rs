@@ -189,6 +189,40 @@ mod tests {
     }
 
     #[test]
+    fn lookup_options_take_the_pull_secret_and_registry_tls() {
+        use k8s_openapi::ByteString;
+        use k8s_openapi::api::core::v1::Secret;
+        use kube::runtime::reflector::store::Writer;
+        let mut secrets = Writer::default();
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta { name: Some("pull".into()), namespace: Some("ns".into()), ..Default::default() },
+            data: Some([(".dockerconfigjson".to_string(), ByteString(br#"{"auths":{"r.example:5000":{"username":"u","password":"p"}}}"#.to_vec()))].into()),
+            ..Default::default()
+        };
+        secrets.apply_watcher_event(&kube::runtime::watcher::Event::Apply(secret));
+        let stores = Stores {
+            modules: Writer::default().as_reader(),
+            nodes: Writer::default().as_reader(),
+            daemonsets: Writer::default().as_reader(),
+            pods: Writer::default().as_reader(),
+            configmaps: Writer::default().as_reader(),
+            secrets: secrets.as_reader(),
+        };
+        let mut l = lookup("r.example:5000/kmm:6.1");
+        l.pull_secret = Some("pull".into());
+        l.tls.insecure_skip_tls_verify = true;
+        let opts = registry_options(&kforge_image::RegistryOptions::default(), &l, &stores);
+        assert!(matches!(opts.credentials.auth_for("r.example:5000"), kforge_image::RegistryAuth::Basic(u, p) if u == "u" && p == "p"));
+        let tls = opts.per_registry.get("r.example:5000").expect("per-registry TLS");
+        assert!(tls.skip_verify && !tls.insecure);
+        assert!(!opts.tls.skip_verify, "other registries keep verification");
+        // No secret: anonymous, defaults.
+        let opts = registry_options(&kforge_image::RegistryOptions::default(), &lookup("r.example:5000/kmm:6.1"), &stores);
+        assert!(matches!(opts.credentials.auth_for("r.example:5000"), kforge_image::RegistryAuth::Anonymous));
+        assert!(opts.per_registry.is_empty());
+    }
+
+    #[test]
     fn a_lookup_is_claimed_once_until_it_reports() {
         let cache = ImageCache::new(Duration::from_secs(60));
         let a = lookup("r/a:1");
