@@ -15,7 +15,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::config::{Backoff, BuilderEndpoint};
 use crate::error::{Error, Result};
 use crate::events::{Events, Note};
-use crate::images::ImageCache;
+use crate::images::{ImageCache, present};
 use crate::metrics::Metrics;
 use crate::plan::{BuildJob, ImageFact, ImageKey};
 
@@ -58,7 +58,7 @@ pub(crate) fn connect(endpoint: &BuilderEndpoint) -> Result<Client> {
 #[derive(Debug, Clone)]
 enum State {
     Running,
-    Failed { message: String, failures: u32, retry_at: Instant },
+    Failed { message: String, failures: u32, retry_at: Instant, inputs_hash: String },
 }
 
 /// The builds the controller has started.
@@ -116,8 +116,10 @@ impl Builds {
             let mut state = self.lock();
             let failures = match state.get(&key) {
                 Some(State::Running) => return false,
-                Some(State::Failed { retry_at, .. }) if now < *retry_at => return false,
-                Some(State::Failed { failures, .. }) => *failures,
+                // The same inputs wait for the backoff; changed inputs (a fixed Dockerfile) build now.
+                Some(State::Failed { retry_at, inputs_hash, .. }) if now < *retry_at && *inputs_hash == job.inputs_hash => return false,
+                Some(State::Failed { failures, inputs_hash, .. }) if *inputs_hash == job.inputs_hash => *failures,
+                Some(State::Failed { .. }) => 0,
                 None => 0,
             };
             state.insert(key.clone(), State::Running);
@@ -140,8 +142,7 @@ impl Builds {
                 self.metrics.build("succeeded");
                 tracing::info!(image = %job.image, %digest, "build finished");
                 self.lock().remove(&key);
-                // TODO(merge): set `inputs_hash: Some(job.inputs_hash.clone())` once ImageFact::Present has it.
-                self.cache.record(key, ImageFact::Present { digest: digest.clone() }, None, Instant::now());
+                self.cache.record(key, present(digest.clone(), Some(job.inputs_hash.clone())), None, Instant::now());
                 let pinned = format!("{}@{digest}", repository(&job.image));
                 for (ns, name) in &job.wanted_by {
                     self.events.module(ns, name, Note::BuildSucceeded { image: pinned.clone() }).await;
@@ -155,7 +156,8 @@ impl Builds {
                 let failures = failures + 1;
                 let delay = self.backoff.delay(failures);
                 tracing::warn!(image = %job.image, kernel = %job.kernel, %message, retry_in = ?delay, "build failed");
-                self.lock().insert(key, State::Failed { message: message.clone(), failures, retry_at: Instant::now() + delay });
+                self.lock()
+                    .insert(key, State::Failed { message: message.clone(), failures, retry_at: Instant::now() + delay, inputs_hash: job.inputs_hash.clone() });
                 for (ns, name) in &job.wanted_by {
                     self.events.module(ns, name, Note::BuildFailed { image: job.image.clone(), message: message.clone() }).await;
                 }
@@ -327,7 +329,7 @@ mod tests {
         assert_eq!(rig.fake.requests.lock().expect("lock")[0], j.request);
         assert!(rig.builds.overlay(Instant::now()).is_empty());
         let facts = rig.cache.facts(Instant::now());
-        assert_eq!(facts.get(&("r.example/kmm:6.1".to_string(), "amd64".to_string())), Some(&ImageFact::Present { digest: "sha256:abc".into() }));
+        assert_eq!(facts.get(&("r.example/kmm:6.1".to_string(), "amd64".to_string())), Some(&present("sha256:abc".into(), Some("h1".into()))));
     }
 
     #[tokio::test]
@@ -337,7 +339,7 @@ mod tests {
         assert!(rig.builds.start(&j, Instant::now()));
         wait_for(&mut rig.triggers).await;
         let facts = rig.cache.facts(Instant::now());
-        assert_eq!(facts.get(&j_key(&j)), Some(&ImageFact::Present { digest: "sha256:resolved".into() }));
+        assert_eq!(facts.get(&j_key(&j)), Some(&present("sha256:resolved".into(), Some("h1".into()))));
     }
 
     fn j_key(j: &BuildJob) -> ImageKey {
@@ -354,13 +356,31 @@ mod tests {
         assert_eq!(rig.builds.overlay(failed_at), vec![(j_key(&j), ImageFact::Failed { message: "RUN make: exit 2".into() })]);
         // Not before the backoff (50 ms) …
         assert!(!rig.builds.start(&j, failed_at));
+        // (unless the inputs changed: checked in a_failed_build_with_new_inputs_is_retried_at_once)
         // … which wakes the loop up when it is due.
         wait_for(&mut rig.triggers).await;
         assert!(rig.builds.overlay(Instant::now()).is_empty());
         assert!(rig.builds.start(&j, Instant::now()));
         wait_for(&mut rig.triggers).await;
         assert_eq!(rig.fake.requests.lock().expect("lock").len(), 2);
-        assert_eq!(rig.cache.facts(Instant::now()).get(&j_key(&j)), Some(&ImageFact::Present { digest: "sha256:def".into() }));
+        assert_eq!(rig.cache.facts(Instant::now()).get(&j_key(&j)), Some(&present("sha256:def".into(), Some("h1".into()))));
+    }
+
+    #[tokio::test]
+    async fn a_failed_build_with_new_inputs_is_retried_at_once() {
+        let mut rig = rig(vec![Err("RUN make: exit 2".into()), Ok("r.example/kmm@sha256:fed".into())], Duration::ZERO).await;
+        let j = job("r.example/kmm:6.1", &["a"]);
+        assert!(rig.builds.start(&j, Instant::now()));
+        wait_for(&mut rig.triggers).await;
+        assert!(!rig.builds.start(&j, Instant::now()));
+        let mut fixed = j.clone();
+        fixed.inputs_hash = "h2".into();
+        assert!(rig.builds.start(&fixed, Instant::now()));
+        // Triggers also come from the first failure's backoff timer: wait for the result itself.
+        while !rig.cache.facts(Instant::now()).contains_key(&j_key(&j)) {
+            wait_for(&mut rig.triggers).await;
+        }
+        assert_eq!(rig.fake.requests.lock().expect("lock").len(), 2);
     }
 
     #[test]

@@ -89,6 +89,14 @@ impl ImageCache {
     }
 }
 
+/// A `Present` fact. `inputs_hash` is what a finished build knows (a plain lookup knows none).
+/// The planner's branch adds `inputs_hash: Option<String>` to `ImageFact::Present`; when the two
+/// meet, this is the one place to pass it on.
+pub(crate) fn present(digest: String, inputs_hash: Option<String>) -> ImageFact {
+    let _ = inputs_hash;
+    ImageFact::Present { digest }
+}
+
 /// Registry options for one lookup: credentials from the pull Secret, TLS from `registryTLS`.
 pub(crate) fn registry_options(base: &kforge_image::RegistryOptions, lookup: &Lookup, stores: &Stores) -> kforge_image::RegistryOptions {
     let mut opts = base.clone();
@@ -137,7 +145,7 @@ pub(crate) async fn run_lookups(
             let fact = match result {
                 Ok(Some(digest)) => {
                     metrics.lookup("present");
-                    ImageFact::Present { digest }
+                    present(digest, None)
                 }
                 Ok(None) => {
                     metrics.lookup("missing");
@@ -174,17 +182,17 @@ mod tests {
         let cache = ImageCache::new(Duration::from_secs(60));
         let t0 = Instant::now();
         let (a, b) = (lookup("r/a:1"), lookup("r/b:1"));
-        cache.record(a.key.clone(), ImageFact::Present { digest: "sha256:aa".into() }, Some(a.clone()), t0);
+        cache.record(a.key.clone(), present("sha256:aa".into(), None), Some(a.clone()), t0);
         cache.record(b.key.clone(), ImageFact::Missing, Some(b.clone()), t0);
         assert_eq!(cache.facts(t0 + Duration::from_secs(59)).len(), 2);
         let later = cache.facts(t0 + Duration::from_secs(61));
         assert_eq!(later.len(), 1);
-        assert_eq!(later.get(&a.key), Some(&ImageFact::Present { digest: "sha256:aa".into() }));
+        assert_eq!(later.get(&a.key), Some(&present("sha256:aa".into(), None)));
         // After the resync period the present fact is due for a refresh, and still believed meanwhile.
         assert_eq!(cache.stale(Duration::from_secs(300), t0 + Duration::from_secs(301)), vec![a.clone()]);
         assert!(cache.stale(Duration::from_secs(300), t0 + Duration::from_secs(100)).is_empty());
-        cache.record(a.key.clone(), ImageFact::Present { digest: "sha256:bb".into() }, None, t0 + Duration::from_secs(302));
-        assert_eq!(cache.facts(t0 + Duration::from_secs(303)).get(&a.key), Some(&ImageFact::Present { digest: "sha256:bb".into() }));
+        cache.record(a.key.clone(), present("sha256:bb".into(), None), None, t0 + Duration::from_secs(302));
+        assert_eq!(cache.facts(t0 + Duration::from_secs(303)).get(&a.key), Some(&present("sha256:bb".into(), None)));
         assert!(cache.stale(Duration::from_secs(300), t0 + Duration::from_secs(303)).is_empty());
     }
 
