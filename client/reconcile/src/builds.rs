@@ -214,7 +214,7 @@ async fn digest_of(client: &mut Client, job: &BuildJob, reported: &str) -> std::
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::pin::Pin;
     use std::time::Duration;
@@ -226,10 +226,10 @@ mod tests {
     /// A builder that records requests and answers from a script: each Build takes the next
     /// outcome (`Ok(image ref)` or `Err(message)`), after `delay`.
     #[derive(Clone)]
-    struct FakeBuilder {
-        requests: Arc<Mutex<Vec<pb::BuildRequest>>>,
-        outcomes: Arc<Mutex<Vec<std::result::Result<String, String>>>>,
-        delay: Duration,
+    pub(crate) struct FakeBuilder {
+        pub(crate) requests: Arc<Mutex<Vec<pb::BuildRequest>>>,
+        pub(crate) outcomes: Arc<Mutex<Vec<std::result::Result<String, String>>>>,
+        pub(crate) delay: Duration,
     }
 
     type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<pb::BuildEvent, Status>> + Send>>;
@@ -271,7 +271,7 @@ mod tests {
         }))
     }
 
-    async fn serve(fake: FakeBuilder) -> String {
+    pub(crate) async fn serve(fake: FakeBuilder) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(
@@ -282,7 +282,7 @@ mod tests {
         format!("http://{addr}")
     }
 
-    fn job(image: &str, wanted_by: &[&str]) -> BuildJob {
+    pub(crate) fn job(image: &str, wanted_by: &[&str]) -> BuildJob {
         BuildJob {
             image: image.into(),
             architecture: "amd64".into(),

@@ -448,6 +448,46 @@ async fn a_failed_watch_reconnects() {
     assert!(rx.try_recv().is_ok(), "the relist woke the loop");
 }
 
+#[tokio::test]
+async fn a_build_wanted_by_two_modules_starts_once_across_passes() {
+    use crate::builds::tests::{FakeBuilder, job, serve};
+    let fake = FakeBuilder {
+        requests: Default::default(),
+        outcomes: std::sync::Arc::new(std::sync::Mutex::new(vec![Ok("r/kmm@sha256:abc".into())])),
+        delay: Duration::from_millis(300),
+    };
+    let url = serve(fake.clone()).await;
+    let (svc, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut config = Config::new(fake_planner);
+    config.events = false;
+    config.builder = Some(crate::BuilderEndpoint { url, ..Default::default() });
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut w = rig();
+    let rec = Reconciler::new(Client::new(svc, "default"), config, w.rec.stores.clone(), Metrics::default(), tx).expect("reconciler");
+    steady(&mut w);
+    let mut p = fake_planner(&[], &[], &Facts::default(), Time(k8s_openapi::jiff::Timestamp::now()));
+    let j = job("r/kmm:6.1", &["a", "b"]);
+    p.builds = vec![j.clone()];
+    set_plan(p);
+    rec.pass().await;
+    rec.pass().await;
+    // While it runs the planner is told so.
+    let (_, _, _, facts) = rec.observe();
+    assert_eq!(facts.images.get(&(j.image.clone(), j.architecture.clone())), Some(&crate::plan::ImageFact::Building));
+    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("build done in time");
+    // A real planner sees the image present and plans no build.
+    let mut p = fake_planner(&[], &[], &Facts::default(), Time(k8s_openapi::jiff::Timestamp::now()));
+    p.builds.clear();
+    set_plan(p);
+    rec.pass().await;
+    assert_eq!(fake.requests.lock().expect("lock").len(), 1);
+    let (_, _, _, facts) = rec.observe();
+    assert!(matches!(facts.images.get(&(j.image.clone(), j.architecture.clone())), Some(crate::plan::ImageFact::Present { .. })));
+    if let Ok(Some((req, _))) = tokio::time::timeout(Duration::from_millis(50), api.next_request()).await {
+        panic!("an unexpected request: {} {}", req.method(), req.uri());
+    }
+}
+
 /// A permissive API server for whole-controller tests: lists are empty, watches stay open, the
 /// Lease belongs to `lease_holder` (fresh), and writes are recorded and answered `{}`.
 async fn cluster(mut api: Handle, lease_holder: &'static str, writes: std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
