@@ -177,7 +177,7 @@ pub(crate) struct Reconciler {
 
 impl Reconciler {
     pub(crate) fn new(client: Client, config: Config, stores: Stores, metrics: Metrics, trigger: mpsc::Sender<()>) -> Result<Self> {
-        let events = Events::new(&client, config.events);
+        let events = Events::new(&client, config.events, metrics.clone());
         let images = ImageCache::new(config.missing_ttl);
         let builder = config.builder.as_ref().map(crate::builds::connect).transpose()?;
         let builds = Builds::new(builder, config.max_builds, config.build_backoff, images.clone(), metrics.clone(), events.clone(), trigger.clone());

@@ -4,6 +4,8 @@
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+use crate::metrics::Metrics;
+
 /// What happened to a Module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Note {
@@ -42,12 +44,12 @@ impl Note {
 
 /// Publishes Events, or does nothing when disabled.
 #[derive(Clone)]
-pub(crate) struct Events(Option<Recorder>);
+pub(crate) struct Events(Option<(Recorder, Metrics)>);
 
 impl Events {
-    pub(crate) fn new(client: &kube::Client, enabled: bool) -> Self {
+    pub(crate) fn new(client: &kube::Client, enabled: bool, metrics: Metrics) -> Self {
         let reporter = Reporter { controller: "kforge".into(), instance: std::env::var("POD_NAME").ok() };
-        Events(enabled.then(|| Recorder::new(client.clone(), reporter)))
+        Events(enabled.then(|| (Recorder::new(client.clone(), reporter), metrics)))
     }
 
     #[cfg(test)]
@@ -57,7 +59,7 @@ impl Events {
 
     /// Publishes `note` on Module `namespace/name`.
     pub(crate) async fn module(&self, namespace: &str, name: &str, note: Note) {
-        let Some(recorder) = &self.0 else { return };
+        let Some((recorder, metrics)) = &self.0 else { return };
         let reference = ObjectReference {
             api_version: Some("kmm.sigs.x-k8s.io/v1beta1".into()),
             kind: Some("Module".into()),
@@ -65,7 +67,9 @@ impl Events {
             name: Some(name.into()),
             ..Default::default()
         };
+        metrics.write("event");
         if let Err(e) = recorder.publish(&note.event(), &reference).await {
+            metrics.write_failed("event");
             tracing::warn!(module = %format!("{namespace}/{name}"), error = %e, "cannot publish event");
         }
     }

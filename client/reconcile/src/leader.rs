@@ -51,7 +51,7 @@ impl Elector {
                 metadata: ObjectMeta { name: Some(self.config.name.clone()), namespace: Some(self.config.namespace.clone()), ..Default::default() },
                 spec: Some(self.spec(now, 0, None)),
             };
-            self.metrics.write("lease");
+            self.metrics.lease_write();
             return match self.api.create(&PostParams::default(), &lease).await.map_err(Error::kube("create", self.object())) {
                 Ok(_) => Ok(true),
                 Err(e) if e.is_conflict() => Ok(false),
@@ -69,7 +69,7 @@ impl Elector {
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
         let acquired = if mine { spec.acquire_time.clone() } else { None };
         lease.spec = Some(self.spec(now, transitions, acquired));
-        self.metrics.write("lease");
+        self.metrics.lease_write();
         match self.api.replace(&self.config.name, &PostParams::default(), &lease).await.map_err(Error::kube("update", self.object())) {
             Ok(_) => Ok(true),
             Err(e) if e.is_conflict() => Ok(false),
@@ -83,7 +83,7 @@ impl Elector {
         let Some(spec) = lease.spec.as_mut().filter(|s| s.holder_identity.as_deref() == Some(self.config.identity.as_str())) else { return Ok(()) };
         spec.holder_identity = None;
         spec.renew_time = None;
-        self.metrics.write("lease");
+        self.metrics.lease_write();
         self.api.replace(&self.config.name, &PostParams::default(), &lease).await.map_err(Error::kube("release", self.object()))?;
         Ok(())
     }

@@ -34,7 +34,8 @@ impl Metrics {
         m
     }
 
-    /// Every write request sent so far (apply, patch, delete, create), failed or not.
+    /// Every write request the reconcile work sent so far (apply, patch, delete, Event
+    /// create), failed or not; Lease renewals are not counted here.
     pub fn writes_total(&self) -> u64 {
         self.writes_total.load(Ordering::Relaxed)
     }
@@ -66,6 +67,12 @@ impl Metrics {
     pub(crate) fn write(&self, kind: &'static str) {
         self.writes_total.fetch_add(1, Ordering::Relaxed);
         self.writes.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// Counts a Lease write of leader election: by kind only, not in [`Metrics::writes_total`]
+    /// (renewals every few seconds are the price of election, not reconcile work).
+    pub(crate) fn lease_write(&self) {
+        self.writes.get_or_create(&[("kind", "lease")]).inc();
     }
 
     pub(crate) fn write_failed(&self, kind: &'static str) {

@@ -288,6 +288,33 @@ async fn a_changed_spec_hash_is_applied_and_a_missing_hash_too() {
 }
 
 #[tokio::test]
+async fn creating_a_daemonset_publishes_an_event_on_the_module() {
+    let (svc, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut w = rig();
+    let mut config = Config::new(fake_planner);
+    config.events = true;
+    let (tx, _rx) = mpsc::channel(16);
+    let rec = Reconciler::new(Client::new(svc, "default"), config, w.rec.stores.clone(), Metrics::default(), tx).expect("reconciler");
+    steady(&mut w);
+    let mut p = fake_planner(&[], &[], &Facts::default(), Time(k8s_openapi::jiff::Timestamp::now()));
+    p.modules[0].daemonsets.push(daemonset("m-loader-6-2-0-1", "h2"));
+    set_plan(p);
+    let reply = serde_json::to_value(daemonset("m-loader-6-2-0-1", "h2")).expect("json");
+    let (_, ()) = tokio::join!(rec.pass(), async {
+        serve(&mut api, vec![Expect::new(Method::PATCH, "/apis/apps/v1/namespaces/kmm/daemonsets/m-loader-6-2-0-1").reply(StatusCode::OK, reply)]).await;
+        let (req, send) = tokio::time::timeout(Duration::from_secs(5), api.next_request()).await.expect("event in time").expect("alive");
+        assert_eq!((req.method(), req.uri().path()), (&Method::POST, "/apis/events.k8s.io/v1/namespaces/kmm/events"));
+        let body: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json");
+        assert_eq!(body["reason"], "DaemonSetCreated");
+        assert_eq!(body["reportingController"], "kforge");
+        assert_eq!(body["regarding"]["kind"], "Module");
+        assert_eq!(body["regarding"]["name"], "m");
+        send.send_response(Response::builder().status(201).body(Body::from(serde_json::to_vec(&body).expect("json"))).expect("response"));
+    });
+    assert_eq!(rec.metrics.writes_total(), 2);
+}
+
+#[tokio::test]
 async fn garbage_is_deleted_in_the_background_once() {
     let mut rig = rig();
     steady(&mut rig);
