@@ -72,10 +72,12 @@ impl Controller {
         let mut resync = tokio::time::interval(reconciler.config.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        // Without election the sender is gone at once: stop listening rather than spin.
+        let mut election = elector.is_some();
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = leading.changed() => {}
+                changed = leading.changed(), if election => election = changed.is_ok(),
                 woken = wake.recv() => if woken.is_none() { break },
                 _ = resync.tick() => reconciler.refresh_images(),
             }
@@ -247,8 +249,7 @@ impl Reconciler {
             for ds in &mp.daemonsets {
                 let key = (ds.namespace().unwrap_or_else(|| mp.namespace.clone()), ds.name_any());
                 if let Err(e) = self.writes.daemonset(ds, facts.daemonsets.get(&key), &mp.name).await {
-                    tracing::warn!(%module, daemonset = %key.1, "apply failed");
-                    log("apply DaemonSet", e);
+                    log(&format!("apply DaemonSet of Module {module}"), e);
                 }
             }
         }
