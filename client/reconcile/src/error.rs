@@ -1,9 +1,8 @@
 //! The one error type of this crate.
 
-use std::path::PathBuf;
-
 /// Everything that can go wrong in the reconciler. A failing write is logged and retried on the
-/// next pass; only start-up errors (configuration, the first connection) end [`crate::run`].
+/// next pass; only start-up errors (a builder endpoint that cannot be used) end [`crate::run`].
+/// A failed build is not an error here: its message becomes the image's `Failed` fact.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A Kubernetes API request failed.
@@ -29,15 +28,6 @@ pub enum Error {
     /// The builder token cannot be sent as a header.
     #[error("builder token has characters not allowed in a header")]
     BuilderToken,
-    /// A call to the builder failed.
-    #[error("builder call for {image}: {source}")]
-    BuilderCall {
-        /// The target image.
-        image: String,
-        /// The gRPC status.
-        #[source]
-        source: Box<tonic::Status>,
-    },
     /// A registry lookup failed.
     #[error("registry lookup of {image}: {source}")]
     Registry {
@@ -46,15 +36,6 @@ pub enum Error {
         /// The registry client's error.
         #[source]
         source: kforge_image::Error,
-    },
-    /// A file named in the configuration cannot be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
     },
 }
 
