@@ -230,6 +230,74 @@ mod tests {
         assert!(opts.per_registry.is_empty());
     }
 
+    /// A registry on 127.0.0.1:0 (plain HTTP by the loopback rule) that knows tag `present`,
+    /// not `missing`, and fails on anything else.
+    async fn fake_registry() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
+                    let path = line.split(' ').nth(1).unwrap_or_default().to_string();
+                    let digest = format!("sha256:{}", "ab".repeat(32));
+                    let manifest = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2},"layers":[]}"#;
+                    let unknown = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+                    let (status, extra, body) = match path.as_str() {
+                        "/v2/" => ("200 OK", String::new(), "{}"),
+                        "/v2/kmm/manifests/present" => {
+                            ("200 OK", format!("Docker-Content-Digest: {digest}\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n"), manifest)
+                        }
+                        "/v2/kmm/manifests/missing" => ("404 Not Found", "Content-Type: application/json\r\n".to_string(), unknown),
+                        _ => ("500 Internal Server Error", String::new(), "boom"),
+                    };
+                    let body = if line.starts_with("HEAD") { "" } else { body };
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        if line.starts_with("HEAD") { manifest.len() } else { body.len() }
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        addr.to_string()
+    }
+
+    #[tokio::test]
+    async fn lookups_record_present_missing_and_failed() {
+        use kube::runtime::reflector::store::Writer;
+        let registry = fake_registry().await;
+        let stores = Stores {
+            modules: Writer::default().as_reader(),
+            nodes: Writer::default().as_reader(),
+            daemonsets: Writer::default().as_reader(),
+            pods: Writer::default().as_reader(),
+            configmaps: Writer::default().as_reader(),
+            secrets: Writer::default().as_reader(),
+        };
+        let base = kforge_image::RegistryOptions { attempts: 1, timeout: Duration::from_secs(5), ..Default::default() };
+        let cache = ImageCache::new(Duration::from_secs(60));
+        let lookups: Vec<Lookup> = ["present", "missing", "broken"].iter().map(|t| lookup(&format!("{registry}/kmm:{t}"))).collect();
+        let claimed = cache.claim(&lookups);
+        run_lookups(claimed, stores, base, cache.clone(), Metrics::default(), 8).await;
+        let facts = cache.facts(Instant::now());
+        assert_eq!(facts.get(&lookups[0].key), Some(&present(format!("sha256:{}", "ab".repeat(32)), None)));
+        assert_eq!(facts.get(&lookups[1].key), Some(&ImageFact::Missing));
+        assert!(matches!(facts.get(&lookups[2].key), Some(ImageFact::Failed { message }) if message.contains("kmm:broken")), "{facts:?}");
+        // All three can be claimed again (none is stuck in flight).
+        assert_eq!(cache.claim(&lookups).len(), 3);
+    }
+
     #[test]
     fn a_lookup_is_claimed_once_until_it_reports() {
         let cache = ImageCache::new(Duration::from_secs(60));
