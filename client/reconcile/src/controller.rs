@@ -51,6 +51,8 @@ impl Controller {
     /// Runs until `shutdown` completes: watches, passes while leading, builds and lookups.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let Controller { client, config, metrics } = self;
+        // Refuse a bad builder endpoint before anything is started.
+        config.builder.as_ref().map(crate::builds::connect).transpose()?;
         let (trigger, mut wake) = mpsc::channel(TRIGGER_CAPACITY);
         let (stores, watches) = start_watches(&client, trigger.clone());
         {

@@ -587,3 +587,15 @@ async fn the_controller_does_not_act_while_another_replica_holds_the_lease() {
     assert_eq!(metrics.passes(), 0);
     assert!(writes.is_empty(), "{writes:?}");
 }
+
+#[tokio::test]
+async fn a_bad_builder_endpoint_is_refused_before_anything_starts() {
+    let (svc, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut config = Config::new(fake_planner);
+    config.builder = Some(crate::BuilderEndpoint { url: "not a url".into(), ..Default::default() });
+    let result = run(Client::new(svc, "default"), config, std::future::pending()).await;
+    assert!(matches!(result, Err(crate::Error::BuilderEndpoint { .. })), "{result:?}");
+    if let Ok(Some((req, _))) = tokio::time::timeout(Duration::from_millis(50), api.next_request()).await {
+        panic!("an unexpected request: {} {}", req.method(), req.uri());
+    }
+}
