@@ -87,3 +87,34 @@ impl Metrics {
         self.lookups.get_or_create(&[("result", result)]).inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_exposed_under_the_callers_prefix() {
+        let mut registry = Registry::with_prefix("kforge");
+        let m = Metrics::new(&mut registry);
+        m.pass();
+        m.write("apply");
+        m.lease_write();
+        m.build("failed");
+        m.lookup("present");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        for line in [
+            "kforge_reconcile_passes_total 1",
+            "kforge_reconcile_writes_total{kind=\"apply\"} 1",
+            "kforge_reconcile_writes_total{kind=\"lease\"} 1",
+            "kforge_reconcile_builds_total{result=\"failed\"} 1",
+            "kforge_reconcile_lookups_total{result=\"present\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert_eq!(m.writes_total(), 1, "Lease writes are not reconcile writes");
+        assert!(!m.ready());
+        m.set_ready();
+        assert!(m.ready_flag().load(Ordering::Relaxed));
+    }
+}
