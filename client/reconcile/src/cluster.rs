@@ -1,0 +1,244 @@
+//! What the controller sees of the cluster: reflector stores, and the planner's inputs built
+//! from them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+
+use crate::api::Module;
+use crate::plan::{NodeFacts, ObjectKey};
+
+/// Label on every object kforge manages.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kforge");
+/// Label on module-loader pods.
+pub const LOADER_COMPONENT: (&str, &str) = ("app.kubernetes.io/component", "module-loader");
+/// Label naming the Module a DaemonSet (and its pods) belongs to.
+pub const MODULE_NAME_LABEL: &str = "kmm.node.kubernetes.io/module.name";
+/// Annotation holding the hash of a DaemonSet's desired spec.
+pub const SPEC_HASH: &str = "kforge.io/spec-hash";
+/// Node label with the full kernel version.
+pub const KERNEL_LABEL: &str = "kmm.node.kubernetes.io/kernel-version.full";
+/// Prefix of the per-Module ready labels (`kmm.node.kubernetes.io/<ns>.<name>.ready`).
+pub const LABEL_PREFIX: &str = "kmm.node.kubernetes.io/";
+
+/// Whether kforge manages node label `key`.
+pub fn is_managed_node_label(key: &str) -> bool {
+    key == KERNEL_LABEL || (key.starts_with(LABEL_PREFIX) && key.ends_with(".ready"))
+}
+
+/// The ready label of Module `namespace/name` (KMM's spelling).
+pub fn ready_label(namespace: &str, name: &str) -> String {
+    format!("{LABEL_PREFIX}{namespace}.{name}.ready")
+}
+
+/// The reflector stores a pass reads.
+#[derive(Clone)]
+pub struct Stores {
+    /// Modules, all namespaces.
+    pub modules: Store<Module>,
+    /// Nodes.
+    pub nodes: Store<Node>,
+    /// DaemonSets labelled managed-by kforge.
+    pub daemonsets: Store<DaemonSet>,
+    /// Module-loader pods.
+    pub pods: Store<Pod>,
+    /// ConfigMaps (Dockerfiles).
+    pub configmaps: Store<ConfigMap>,
+    /// Secrets (pull secrets, build secrets, signing keys).
+    pub secrets: Store<Secret>,
+}
+
+impl Stores {
+    /// Live Modules sorted by namespace/name, the deleting ones apart.
+    pub(crate) fn modules(&self) -> (Vec<Module>, Vec<Module>) {
+        let mut all: Vec<Module> = self.modules.state().iter().map(|m| (**m).clone()).collect();
+        all.sort_by_key(|m| (m.namespace(), m.name_any()));
+        all.into_iter().partition(|m| m.metadata.deletion_timestamp.is_none())
+    }
+
+    /// The planner's view of every node.
+    pub(crate) fn node_facts(&self) -> Vec<NodeFacts> {
+        let mut loaded: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for pod in self.pods.state() {
+            let (Some(node), true) = (pod.spec.as_ref().and_then(|s| s.node_name.clone()), pod_ready(&pod)) else { continue };
+            if let Some(module) = self.pod_module(&pod) {
+                loaded.entry(node).or_default().insert(format!("{}/{module}", pod.namespace().unwrap_or_default()));
+            }
+        }
+        let mut nodes: Vec<NodeFacts> = self
+            .nodes
+            .state()
+            .iter()
+            .map(|n| {
+                let info = n.status.as_ref().and_then(|s| s.node_info.as_ref());
+                let name = n.name_any();
+                NodeFacts {
+                    labels: n.labels().clone(),
+                    kernel: info.map(|i| i.kernel_version.clone()).unwrap_or_default(),
+                    architecture: info.map(|i| i.architecture.clone()).unwrap_or_default(),
+                    loaded: loaded.remove(&name).unwrap_or_default(),
+                    name,
+                }
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes
+    }
+
+    /// The Module a loader pod belongs to: its own label, else its DaemonSet's.
+    fn pod_module(&self, pod: &Pod) -> Option<String> {
+        if let Some(m) = pod.labels().get(MODULE_NAME_LABEL) {
+            return Some(m.clone());
+        }
+        let owner = pod.owner_references().iter().find(|o| o.kind == "DaemonSet")?;
+        let ds = self.daemonsets.find(|d| d.name_any() == owner.name && d.namespace() == pod.namespace())?;
+        ds.labels().get(MODULE_NAME_LABEL).cloned()
+    }
+
+    /// Data of the ConfigMaps and Secrets in namespaces holding a Module.
+    pub(crate) fn objects(&self, modules: &[Module]) -> BTreeMap<ObjectKey, BTreeMap<String, Vec<u8>>> {
+        let namespaces: BTreeSet<String> = modules.iter().filter_map(|m| m.namespace()).collect();
+        let mut out = BTreeMap::new();
+        for cm in self.configmaps.state() {
+            let Some(ns) = cm.namespace().filter(|ns| namespaces.contains(ns)) else { continue };
+            let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            for (k, v) in cm.data.iter().flatten() {
+                data.insert(k.clone(), v.clone().into_bytes());
+            }
+            for (k, v) in cm.binary_data.iter().flatten() {
+                data.insert(k.clone(), v.0.clone());
+            }
+            out.insert(ObjectKey { kind: "ConfigMap", namespace: ns, name: cm.name_any() }, data);
+        }
+        for s in self.secrets.state() {
+            let Some(ns) = s.namespace().filter(|ns| namespaces.contains(ns)) else { continue };
+            let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            for (k, v) in s.string_data.iter().flatten() {
+                data.insert(k.clone(), v.clone().into_bytes());
+            }
+            for (k, v) in s.data.iter().flatten() {
+                data.insert(k.clone(), v.0.clone());
+            }
+            out.insert(ObjectKey { kind: "Secret", namespace: ns, name: s.name_any() }, data);
+        }
+        out
+    }
+
+    /// kforge's DaemonSets by (namespace, name).
+    pub(crate) fn daemonsets(&self) -> BTreeMap<(String, String), DaemonSet> {
+        self.daemonsets.state().iter().map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), (**d).clone())).collect()
+    }
+
+    /// A Secret's data key.
+    pub(crate) fn secret_key(&self, namespace: &str, name: &str, key: &str) -> Option<Vec<u8>> {
+        let s = self.secrets.find(|s| s.name_any() == name && s.namespace().as_deref() == Some(namespace))?;
+        s.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone())
+    }
+
+    /// The DaemonSets of Module `namespace/name` (by label or owner reference).
+    pub(crate) fn module_daemonsets(&self, module: &Module) -> Vec<DaemonSet> {
+        let uid = module.uid();
+        let name = module.name_any();
+        self.daemonsets
+            .state()
+            .iter()
+            .filter(|d| d.namespace() == module.namespace())
+            .filter(|d| d.labels().get(MODULE_NAME_LABEL) == Some(&name) || d.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
+            .map(|d| (**d).clone())
+            .collect()
+    }
+
+    /// Whether any loader pod of Module `namespace/name` is still there.
+    pub(crate) fn module_has_pods(&self, module: &Module) -> bool {
+        let name = module.name_any();
+        self.pods.state().iter().any(|p| p.namespace() == module.namespace() && self.pod_module(p).as_deref() == Some(name.as_str()))
+    }
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeStatus, NodeSystemInfo, PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+
+    fn pod(name: &str, node: &str, ready: bool, own_label: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("kmm".into()),
+                labels: own_label.then(|| [(MODULE_NAME_LABEL.to_string(), "m".to_string())].into()),
+                owner_references: Some(vec![OwnerReference { kind: "DaemonSet".into(), name: "m-loader".into(), ..Default::default() }]),
+                ..Default::default()
+            },
+            spec: Some(PodSpec { node_name: Some(node.into()), ..Default::default() }),
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition { type_: "Ready".into(), status: if ready { "True" } else { "False" }.into(), ..Default::default() }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn node(name: &str) -> Node {
+        Node {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            status: Some(NodeStatus {
+                node_info: Some(NodeSystemInfo { kernel_version: "6.1.0-1".into(), architecture: "arm64".into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_node_has_a_module_loaded_when_its_loader_pod_is_ready() {
+        let mut nodes = Writer::default();
+        let mut pods = Writer::default();
+        let mut daemonsets = Writer::default();
+        let stores = Stores {
+            modules: Writer::default().as_reader(),
+            nodes: nodes.as_reader(),
+            daemonsets: daemonsets.as_reader(),
+            pods: pods.as_reader(),
+            configmaps: Writer::default().as_reader(),
+            secrets: Writer::default().as_reader(),
+        };
+        for n in ["n1", "n2", "n3"] {
+            nodes.apply_watcher_event(&Event::Apply(node(n)));
+        }
+        let ds = DaemonSet {
+            metadata: ObjectMeta {
+                name: Some("m-loader".into()),
+                namespace: Some("kmm".into()),
+                labels: Some([(MODULE_NAME_LABEL.to_string(), "m".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        daemonsets.apply_watcher_event(&Event::Apply(ds));
+        pods.apply_watcher_event(&Event::Apply(pod("a", "n1", true, true)));
+        // No label of its own: the module comes from its DaemonSet.
+        pods.apply_watcher_event(&Event::Apply(pod("b", "n2", true, false)));
+        pods.apply_watcher_event(&Event::Apply(pod("c", "n3", false, true)));
+        let facts = stores.node_facts();
+        let loaded: Vec<(String, Vec<String>)> = facts.iter().map(|n| (n.name.clone(), n.loaded.iter().cloned().collect())).collect();
+        assert_eq!(loaded, vec![("n1".into(), vec!["kmm/m".to_string()]), ("n2".into(), vec!["kmm/m".to_string()]), ("n3".into(), vec![])]);
+        assert_eq!((facts[0].kernel.as_str(), facts[0].architecture.as_str()), ("6.1.0-1", "arm64"));
+    }
+
+    #[test]
+    fn managed_node_labels() {
+        assert!(is_managed_node_label(KERNEL_LABEL));
+        assert!(is_managed_node_label(&ready_label("kmm", "m")));
+        assert!(!is_managed_node_label("kmm.node.kubernetes.io/other"));
+        assert!(!is_managed_node_label("kubernetes.io/hostname"));
+    }
+}
