@@ -302,9 +302,6 @@ fn plan_module(
                         }
                     }
                 }
-                if available < desired && ks.build == state::PRESENT {
-                    // Pods rolling out: Progressing comes from the counts.
-                }
             }
         }
         if keep && shared.facts.daemonsets.contains_key(&key) {
@@ -475,3 +472,6 @@ pub(crate) fn pin(image: &str, digest: &str) -> String {
     };
     format!("{repo}@{digest}")
 }
+
+#[cfg(test)]
+mod tests;
