@@ -204,16 +204,17 @@ pub fn plan(modules: &[Module], nodes: &[NodeFacts], facts: &Facts, now: Time) -
         selections.push(selected);
         ready_labels.push(ready);
     }
+    // Modules by ready label, so each node's labels come out sorted (cheap BTreeMap bulk build).
+    let mut by_label: Vec<usize> = (0..modules.len()).collect();
+    by_label.sort_by(|a, b| ready_labels[*a].cmp(&ready_labels[*b]));
     for (n, node) in nodes.iter().enumerate() {
-        let mut set = BTreeMap::from([(labels::KERNEL_FULL.to_string(), labels::label_value(&node.kernel))]);
-        for l in &node.loaded {
-            if let Some(&m) = ids.get(l.as_str())
-                && selections[m].contains(n)
-            {
-                set.insert(ready_labels[m].clone(), String::new());
+        let mut set = vec![(labels::KERNEL_FULL.to_string(), labels::label_value(&node.kernel))];
+        for &m in &by_label {
+            if loaded[m].contains(n) && selections[m].contains(n) {
+                set.push((ready_labels[m].clone(), String::new()));
             }
         }
-        out.node_labels.insert(node.name.clone(), set);
+        out.node_labels.insert(node.name.clone(), set.into_iter().collect());
     }
     out.garbage = facts.daemonsets.keys().filter(|k| !shared.claimed.contains(*k)).cloned().collect();
     out.lookups = shared.lookups;
