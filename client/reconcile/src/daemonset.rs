@@ -297,3 +297,23 @@ pub fn spec_hash(ds: &DaemonSet) -> String {
     }
     format!("sha256:{}", hex::encode(w.0.finalize()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting() {
+        for (input, want) in
+            [("nvidia", "nvidia"), ("a=1", "a=1"), ("", "''"), ("x y", "'x y'"), ("$(id)", "'$(id)'"), ("it's", r"'it'\''s'"), ("a;b", "'a;b'"), ("*", "'*'")]
+        {
+            assert_eq!(shell_quote(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn the_probe_uses_the_kernels_spelling() {
+        let m = ModprobeSpec { module_name: "my-mod".into(), ..Default::default() };
+        assert_eq!(probe_script(&m), "grep -q '^my_mod ' /proc/modules");
+    }
+}

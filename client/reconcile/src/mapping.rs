@@ -288,3 +288,36 @@ pub(crate) fn request(vars: &KernelVars, sections: &Sections<'_>, objects: &Obje
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{build, literal, regexp, sign};
+
+    #[test]
+    fn find_takes_the_first_match_and_compiles_once() {
+        let m = Module::test("ns", "m").regexp("^6", "a").literal("6.1.0", "b").regexp("el9", "c");
+        let maps = Mappings::compile(&m.spec.module_loader.container).expect("valid");
+        for (kernel, want) in [("6.1.0", Some(0)), ("5.14.0.el9", Some(2)), ("4.18.0", None), ("x6", None)] {
+            assert_eq!(maps.find(kernel), want, "{kernel}");
+        }
+        let errors = Mappings::compile(&Module::test("ns", "m").regexp("(", "a").regexp(")", "b").spec.module_loader.container).err().expect("invalid");
+        assert_eq!(errors.len(), 2, "every bad mapping is reported: {errors:?}");
+    }
+
+    #[test]
+    fn sections_override_whole() {
+        let mut mapping = literal("k", "");
+        mapping.sign = Some(sign("k2", "c2"));
+        let m = Module::test("ns", "m").image("img").build(build("df")).sign(sign("k1", "c1")).mapping(mapping).mapping(regexp(".", "own"));
+        let c = &m.spec.module_loader.container;
+        let s0 = Sections::of(c, 0);
+        assert_eq!(s0.image, Some("img"));
+        assert_eq!(s0.build.as_ref().map(|(_, p)| p.as_str()), Some("spec.moduleLoader.container.build"));
+        assert_eq!(s0.sign.and_then(|(s, _)| s.key_secret.as_ref()).map(|k| k.name.as_str()), Some("k2"));
+        let s1 = Sections::of(c, 1);
+        assert_eq!(s1.image, Some("own"));
+        assert_eq!(s1.sign.and_then(|(s, _)| s.key_secret.as_ref()).map(|k| k.name.as_str()), Some("k1"));
+        assert!(s1.builds());
+    }
+}
