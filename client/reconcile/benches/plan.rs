@@ -22,7 +22,7 @@ const MODULES: usize = 200;
 const HALVES: usize = 8;
 
 fn kernel(k: usize) -> String {
-    if k % 2 == 0 { format!("6.1.0-{}-amd64", 10 + k) } else { format!("5.14.0-{}.el9_{}.x86_64", 300 + k, k % 5) }
+    if k.is_multiple_of(2) { format!("6.1.0-{}-amd64", 10 + k) } else { format!("5.14.0-{}.el9_{}.x86_64", 300 + k, k % 5) }
 }
 
 fn mix(i: usize) -> u64 {
@@ -75,7 +75,7 @@ fn module(m: usize) -> Module {
             ..Default::default()
         },
     ];
-    if m % 2 == 0 {
+    if m.is_multiple_of(2) {
         c.build = Some(Build {
             dockerfile_config_map: Some(LocalObjectReference { name: "dockerfile".into() }),
             secrets: vec![LocalObjectReference { name: "token".into() }],
@@ -88,7 +88,7 @@ fn module(m: usize) -> Module {
             ..Default::default()
         });
     }
-    if m % 4 == 0 {
+    if m.is_multiple_of(4) {
         spec.device_plugin = Some(DevicePluginSpec {
             container: DevicePluginContainerSpec { image: format!("registry.example/dp/{name}:1.0"), ..Default::default() },
             ..Default::default()
