@@ -284,13 +284,16 @@ pub struct DaemonSetCounts {
 pub struct KernelStatus {
     /// The kernel version (`node.status.nodeInfo.kernelVersion`).
     pub kernel: String,
+    /// The nodes' architecture (`amd64`, `arm64`, …).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub architecture: String,
     /// The image for it, variables expanded (empty when no mapping matched).
     #[serde(default)]
     pub image: String,
     /// The digest the loader is pinned to, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
-    /// `Present`, `Building`, `Failed`, `Missing` or `NoMapping`.
+    /// `Present`, `Building`, `Failed`, `Missing`, `NoMapping`, `LookingUp` or `Invalid`.
     pub build: String,
     /// Selected nodes running this kernel.
     #[serde(default)]

@@ -9,7 +9,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Map, Value, json};
 
 use crate::api::{Module, ModuleStatus};
-use crate::cluster::{SPEC_HASH, is_managed_node_label};
+use crate::labels::{self, SPEC_HASH, is_managed_node_label};
 use crate::error::{Error, Result};
 use crate::events::{Events, Note};
 use crate::metrics::Metrics;
@@ -74,7 +74,7 @@ impl Writes {
             Err(e) if e.is_not_found() => return Ok(()),
             r => r?,
         };
-        if let Some(module) = live.labels().get(crate::cluster::MODULE_NAME_LABEL) {
+        if let Some(module) = live.labels().get(labels::MODULE_NAME) {
             self.events.module(&ns, module, Note::DaemonSetDeleted { daemonset: name }).await;
         }
         Ok(())

@@ -9,30 +9,8 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
 use crate::api::Module;
+use crate::labels;
 use crate::plan::{NodeFacts, ObjectKey};
-
-/// Label on every object kforge manages.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kforge");
-/// Label on module-loader pods.
-pub const LOADER_COMPONENT: (&str, &str) = ("app.kubernetes.io/component", "module-loader");
-/// Label naming the Module a DaemonSet (and its pods) belongs to.
-pub const MODULE_NAME_LABEL: &str = "kmm.node.kubernetes.io/module.name";
-/// Annotation holding the hash of a DaemonSet's desired spec.
-pub const SPEC_HASH: &str = "kforge.io/spec-hash";
-/// Node label with the full kernel version.
-pub const KERNEL_LABEL: &str = "kmm.node.kubernetes.io/kernel-version.full";
-/// Prefix of the per-Module ready labels (`kmm.node.kubernetes.io/<ns>.<name>.ready`).
-pub const LABEL_PREFIX: &str = "kmm.node.kubernetes.io/";
-
-/// Whether kforge manages node label `key`.
-pub fn is_managed_node_label(key: &str) -> bool {
-    key == KERNEL_LABEL || (key.starts_with(LABEL_PREFIX) && key.ends_with(".ready"))
-}
-
-/// The ready label of Module `namespace/name` (KMM's spelling).
-pub fn ready_label(namespace: &str, name: &str) -> String {
-    format!("{LABEL_PREFIX}{namespace}.{name}.ready")
-}
 
 /// The reflector stores a pass reads.
 #[derive(Clone)]
@@ -73,15 +51,9 @@ impl Stores {
             .state()
             .iter()
             .map(|n| {
-                let info = n.status.as_ref().and_then(|s| s.node_info.as_ref());
-                let name = n.name_any();
-                NodeFacts {
-                    labels: n.labels().clone(),
-                    kernel: info.map(|i| i.kernel_version.clone()).unwrap_or_default(),
-                    architecture: info.map(|i| i.architecture.clone()).unwrap_or_default(),
-                    loaded: loaded.remove(&name).unwrap_or_default(),
-                    name,
-                }
+                let mut facts = crate::facts::node(n);
+                facts.loaded = loaded.remove(&facts.name).unwrap_or_default();
+                facts
             })
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -90,12 +62,12 @@ impl Stores {
 
     /// The Module a loader pod belongs to: its own label, else its DaemonSet's.
     fn pod_module(&self, pod: &Pod) -> Option<String> {
-        if let Some(m) = pod.labels().get(MODULE_NAME_LABEL) {
+        if let Some(m) = pod.labels().get(labels::MODULE_NAME) {
             return Some(m.clone());
         }
         let owner = pod.owner_references().iter().find(|o| o.kind == "DaemonSet")?;
         let ds = self.daemonsets.find(|d| d.name_any() == owner.name && d.namespace() == pod.namespace())?;
-        ds.labels().get(MODULE_NAME_LABEL).cloned()
+        ds.labels().get(labels::MODULE_NAME).cloned()
     }
 
     /// Data of the ConfigMaps and Secrets in namespaces holding a Module.
@@ -104,25 +76,11 @@ impl Stores {
         let mut out = BTreeMap::new();
         for cm in self.configmaps.state() {
             let Some(ns) = cm.namespace().filter(|ns| namespaces.contains(ns)) else { continue };
-            let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-            for (k, v) in cm.data.iter().flatten() {
-                data.insert(k.clone(), v.clone().into_bytes());
-            }
-            for (k, v) in cm.binary_data.iter().flatten() {
-                data.insert(k.clone(), v.0.clone());
-            }
-            out.insert(ObjectKey { kind: "ConfigMap", namespace: ns, name: cm.name_any() }, data);
+out.insert(ObjectKey { kind: "ConfigMap", namespace: ns, name: cm.name_any() }, crate::facts::config_map_data(&cm));
         }
         for s in self.secrets.state() {
             let Some(ns) = s.namespace().filter(|ns| namespaces.contains(ns)) else { continue };
-            let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-            for (k, v) in s.string_data.iter().flatten() {
-                data.insert(k.clone(), v.clone().into_bytes());
-            }
-            for (k, v) in s.data.iter().flatten() {
-                data.insert(k.clone(), v.0.clone());
-            }
-            out.insert(ObjectKey { kind: "Secret", namespace: ns, name: s.name_any() }, data);
+out.insert(ObjectKey { kind: "Secret", namespace: ns, name: s.name_any() }, crate::facts::secret_data(&s));
         }
         out
     }
@@ -146,7 +104,7 @@ impl Stores {
             .state()
             .iter()
             .filter(|d| d.namespace() == module.namespace())
-            .filter(|d| d.labels().get(MODULE_NAME_LABEL) == Some(&name) || d.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
+            .filter(|d| d.labels().get(labels::MODULE_NAME) == Some(&name) || d.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
             .map(|d| (**d).clone())
             .collect()
     }
@@ -175,7 +133,7 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("kmm".into()),
-                labels: own_label.then(|| [(MODULE_NAME_LABEL.to_string(), "m".to_string())].into()),
+                labels: own_label.then(|| [(labels::MODULE_NAME.to_string(), "m".to_string())].into()),
                 owner_references: Some(vec![OwnerReference { kind: "DaemonSet".into(), name: "m-loader".into(), ..Default::default() }]),
                 ..Default::default()
             },
@@ -218,7 +176,7 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some("m-loader".into()),
                 namespace: Some("kmm".into()),
-                labels: Some([(MODULE_NAME_LABEL.to_string(), "m".to_string())].into()),
+                labels: Some([(labels::MODULE_NAME.to_string(), "m".to_string())].into()),
                 ..Default::default()
             },
             ..Default::default()
@@ -234,11 +192,4 @@ mod tests {
         assert_eq!((facts[0].kernel.as_str(), facts[0].architecture.as_str()), ("6.1.0-1", "arm64"));
     }
 
-    #[test]
-    fn managed_node_labels() {
-        assert!(is_managed_node_label(KERNEL_LABEL));
-        assert!(is_managed_node_label(&ready_label("kmm", "m")));
-        assert!(!is_managed_node_label("kmm.node.kubernetes.io/other"));
-        assert!(!is_managed_node_label("kubernetes.io/hostname"));
-    }
 }

@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, watch};
 use crate::api::Module;
 use crate::apply::{FINALIZER, Writes};
 use crate::builds::Builds;
-use crate::cluster::{LOADER_COMPONENT, MANAGED_BY, Stores, ready_label};
+use crate::cluster::Stores;
+use crate::labels::{self, ready_label};
 use crate::config::Config;
 use crate::error::Result;
 use crate::events::Events;
@@ -150,8 +151,8 @@ fn start_watches(client: &Client, trigger: mpsc::Sender<()>) -> (Stores, Vec<tok
     let stores = Stores {
         modules: spawn(Api::<Module>::all(client.clone()), all.clone(), t, &mut tasks),
         nodes: spawn(Api::<Node>::all(client.clone()), all.clone(), t, &mut tasks),
-        daemonsets: spawn(Api::<DaemonSet>::all(client.clone()), all.clone().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)), t, &mut tasks),
-        pods: spawn(Api::<Pod>::all(client.clone()), all.clone().labels(&format!("{}={}", LOADER_COMPONENT.0, LOADER_COMPONENT.1)), t, &mut tasks),
+        daemonsets: spawn(Api::<DaemonSet>::all(client.clone()), all.clone().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER)), t, &mut tasks),
+        pods: spawn(Api::<Pod>::all(client.clone()), all.clone().labels(&format!("{}={}", labels::COMPONENT, labels::LOADER)), t, &mut tasks),
         configmaps: spawn(Api::<ConfigMap>::all(client.clone()), all.clone(), t, &mut tasks),
         // Service-account tokens are many and never referenced by a Module.
         secrets: spawn(Api::<Secret>::all(client.clone()), all.fields("type!=kubernetes.io/service-account-token"), t, &mut tasks),

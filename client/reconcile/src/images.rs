@@ -93,8 +93,7 @@ impl ImageCache {
 /// The planner's branch adds `inputs_hash: Option<String>` to `ImageFact::Present`; when the two
 /// meet, this is the one place to pass it on.
 pub(crate) fn present(digest: String, inputs_hash: Option<String>) -> ImageFact {
-    let _ = inputs_hash;
-    ImageFact::Present { digest }
+    ImageFact::Present { digest, inputs_hash }
 }
 
 /// Registry options for one lookup: credentials from the pull Secret, TLS from `registryTLS`.

@@ -4,6 +4,7 @@
 //!
 //! - [`api`]: the `Module` resource (`kmm.sigs.x-k8s.io/v1beta1`) and its status.
 //! - [`plan`]: the pure planner — desired state from Modules, Nodes and observed facts.
+//! - [`labels`]: the label and annotation names kforge writes.
 //! - [`Controller`] / [`run`]: watches, the global reconcile loop and its writes; optional
 //!   Lease-based leader election; builds over gRPC; registry lookups.
 //!
@@ -26,6 +27,8 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod facts;
+pub mod labels;
 pub mod plan;
 
 mod apply;
@@ -33,15 +36,23 @@ mod builds;
 mod cluster;
 mod config;
 mod controller;
+mod daemonset;
 mod error;
 mod events;
 mod images;
+mod inputs;
 mod leader;
+mod mapping;
 mod metrics;
+mod nodes;
+mod status;
+#[cfg(test)]
+mod testing;
 
 pub use apply::{FIELD_MANAGER, FINALIZER};
-pub use cluster::{KERNEL_LABEL, LOADER_COMPONENT, MANAGED_BY, MODULE_NAME_LABEL, SPEC_HASH, is_managed_node_label, ready_label};
 pub use config::{Backoff, BuilderEndpoint, Config, LeaseConfig, Planner};
 pub use controller::{Controller, run};
+pub use daemonset::spec_hash;
 pub use error::{Error, Result};
 pub use metrics::Metrics;
+pub use plan::plan;

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::api::{KernelStatus, ModuleSpec, ModuleStatus};
-use crate::cluster::{KERNEL_LABEL, MODULE_NAME_LABEL, SPEC_HASH};
+use crate::labels::{KERNEL_FULL as KERNEL_LABEL, MODULE_NAME as MODULE_NAME_LABEL, SPEC_HASH};
 use crate::config::LeaseConfig;
 use crate::plan::{ModulePlan, NodeFacts};
 
@@ -135,7 +135,7 @@ fn daemonset(name: &str, hash: &str) -> DaemonSet {
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some("kmm".into()),
-            labels: Some(BTreeMap::from([(MANAGED_BY.0.into(), MANAGED_BY.1.into()), (MODULE_NAME_LABEL.into(), "m".into())])),
+            labels: Some(BTreeMap::from([(crate::labels::MANAGED_BY.into(), crate::labels::MANAGER.into()), (MODULE_NAME_LABEL.into(), "m".into())])),
             annotations: Some(BTreeMap::from([(SPEC_HASH.into(), hash.into())])),
             ..Default::default()
         },
