@@ -83,6 +83,8 @@ impl Args {
         let mut config = Config::new(kforge_reconcile::plan);
         config.builder = self.builder()?;
         config.resync = self.resync;
+        // A missing image is looked for again at the latest on the next resync.
+        config.missing_ttl = config.missing_ttl.min(self.resync);
         config.max_builds = self.max_builds.max(1);
         if let Some(namespace) = &self.leader_election {
             let identity = match &self.identity {
