@@ -54,6 +54,7 @@ impl Writes {
             .await
             .map_err(Error::kube("apply", format!("DaemonSet {ns}/{name} of Module {module}")));
         self.counted("apply", r)?;
+        tracing::info!(daemonset = %format!("{ns}/{name}"), module, created = live.is_none(), "applied DaemonSet");
         if live.is_none() {
             self.events.module(&ns, module, Note::DaemonSetCreated { daemonset: name }).await;
         }
@@ -74,6 +75,7 @@ impl Writes {
             Err(e) if e.is_not_found() => return Ok(()),
             r => r?,
         };
+        tracing::info!(daemonset = %format!("{ns}/{name}"), "deleted DaemonSet");
         if let Some(module) = live.labels().get(labels::MODULE_NAME) {
             self.events.module(&ns, module, Note::DaemonSetDeleted { daemonset: name }).await;
         }
@@ -89,7 +91,9 @@ impl Writes {
         self.metrics.write("node-labels");
         let body = json!({"metadata": {"labels": patch}});
         let r = api.patch(&name, &PatchParams::default(), &Patch::Merge(&body)).await.map_err(Error::kube("patch labels", format!("Node {name}")));
-        self.counted("node-labels", r).map(drop)
+        self.counted("node-labels", r)?;
+        tracing::info!(node = %name, labels = %body["metadata"]["labels"], "labelled node");
+        Ok(())
     }
 
     /// Writes `desired` into the Module's status subresource if it differs from the live one.
@@ -113,6 +117,7 @@ impl Writes {
             .await
             .map_err(Error::kube("patch status", format!("Module {ns}/{name}")));
         self.counted("status", r)?;
+        tracing::debug!(module = %format!("{ns}/{name}"), "status updated");
         let had_no_mapping = |kernel: &str| module.status.iter().flat_map(|s| &s.kernels).any(|k| k.kernel == kernel && k.build == "NoMapping");
         for k in desired.kernels.iter().filter(|k| k.build == "NoMapping" && !had_no_mapping(&k.kernel)) {
             self.events.module(&ns, &name, Note::NoMapping { kernel: k.kernel.clone() }).await;
