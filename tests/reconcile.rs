@@ -27,6 +27,8 @@ use support::{kforge, ok};
 const KERNEL_A: &str = "6.1.0-31-amd64";
 const KERNEL_B: &str = "6.1.0-32-amd64";
 const KERNEL_LABEL: &str = "kmm.node.kubernetes.io/kernel-version.full";
+/// How long a wait that includes a module build may take on a loaded 2-core machine.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 const READY_LABEL: &str = "kmm.node.kubernetes.io/default.kmm-ci.ready";
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -288,4 +290,169 @@ fn modules_become_digest_pinned_loaders_and_follow_kernels() {
         "ready labels removed"
     );
     drop(reconciler);
+}
+
+/// The sources of the test module as an image of files only (`/src/…`), which a KMM Dockerfile
+/// copies from: KMM builds get no build context, only the Dockerfile.
+fn push_sources(registry: &Registry, work: &Path) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/modules/kforge_hello");
+    let files = std::fs::read_dir(&dir)
+        .expect("module sources")
+        .flatten()
+        .map(|e| file(&format!("/src/{}", e.file_name().to_string_lossy()), std::fs::read(e.path()).expect("read source")))
+        .collect();
+    let layout = work.join("sources");
+    write_image(&layout, "v", &Image::oci(vec![files]));
+    let reference = format!("{}/kmm/kforge-hello-src:1", registry.host());
+    skopeo_copy(&format!("oci:{}:v", layout.display()), &format!("docker://{reference}"), &registry.skopeo_dest_flags());
+    reference
+}
+
+/// A KMM Dockerfile as users write them: DTK_AUTO, the injected kernel, a build secret read from
+/// /run/secrets/<secret>/<key> with no --mount flag. `marker` changes the Dockerfile's text.
+fn kmm_dockerfile(marker: &str) -> String {
+    format!(
+        "ARG DTK_AUTO\nARG RUNTIME_IMAGE\nARG SOURCES\nFROM ${{SOURCES}} AS sources\n\
+         FROM ${{DTK_AUTO}} AS builder\nARG KERNEL_FULL_VERSION\nWORKDIR /build\nCOPY --from=sources /src/ ./\n\
+         RUN test \"$(cat /run/secrets/build-token/token)\" = s3cret\n\
+         RUN make -C /usr/src/linux-headers-${{KERNEL_FULL_VERSION}} M=/build modules\n\
+         FROM ${{RUNTIME_IMAGE}}\nARG KERNEL_FULL_VERSION\n\
+         COPY --from=builder /build/kforge_hello.ko /opt/lib/modules/${{KERNEL_FULL_VERSION}}/\n\
+         RUN depmod -b /opt ${{KERNEL_FULL_VERSION}}\nLABEL io.kforge.test.marker={marker}\n"
+    )
+}
+
+/// A Module with build and sign sections, no image yet: the reconciler asks `kforge serve`'s
+/// Builder (BuildKit of a Docker engine) once, the loader is pinned to the signed image's digest and
+/// the module in it verifies against the Module's certificate; editing the Dockerfile in its
+/// ConfigMap rebuilds and moves the loader to the new digest.
+#[test]
+#[cfg_attr(kforge_no_control_plane, ignore = "the control plane peers are not built: run tests/peers/build.sh")]
+fn a_module_with_build_and_sign_is_built_signed_and_rebuilt_when_its_dockerfile_changes() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use support::docker::Engine;
+    use support::registry::umoci_unpack;
+
+    let abi = support::kernel_abi();
+    let engine = Engine::start();
+    let registry = Registry::start_plain();
+    let work = tempfile::tempdir().expect("tempdir");
+    support::dtk::push_dtk(&registry, &abi, &format!("dtk:{abi}"));
+    let runtime_image = support::dtk::push_runtime(&registry, "kmod:bookworm");
+    let sources = push_sources(&registry, work.path());
+    let keys = support::openssl_keys(work.path(), "module", 2048);
+    let config = work.path().join("kforge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\naudit_log = \"{}\"\n[[keys]]\nname = \"service\"\nkey = \"{}\"\ncert = \"{}\"\n\
+             [builder]\nbuildkit = \"{}\"\n[dtk]\nopenshift = false\ntemplate = \"{}/dtk:${{KERNEL_FULL_VERSION}}\"\n",
+            work.path().join("audit.jsonl").display(),
+            keys.key.display(),
+            keys.cert_der.display(),
+            engine.url(),
+            registry.host()
+        ),
+    )
+    .expect("write config");
+    let mut serve = kforge()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("DOCKER_CONFIG", work.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start kforge serve");
+    let mut first = String::new();
+    BufReader::new(serve.stdout.take().expect("stdout")).read_line(&mut first).expect("read");
+    let builder = first.trim().strip_prefix("kforge serves the signer and the builder on ").unwrap_or_else(|| panic!("serve did not start: {first}")).to_string();
+    struct Stop(Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+            let _ = self.0.wait();
+        }
+    }
+    let _serve = Stop(serve);
+
+    let cp = ControlPlane::start_with(Options { nodes: vec![FakeNode::new("worker", &abi, "Debian GNU/Linux 12 (bookworm)")] });
+    let rt = runtime();
+    let client = rt.block_on(cp.client());
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    rt.block_on(crds.create(&PostParams::default(), &Module::crd())).expect("create the CRD");
+    rt.block_on(cp.eventually("the Module CRD is established", async || {
+        let crd = crds.get("modules.kmm.sigs.x-k8s.io").await.ok()?;
+        crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+    }));
+    let pp = PostParams::default();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    rt.block_on(configmaps.create(&pp, &object(json!({"metadata": {"name": "kforge-hello-dockerfile"}, "data": {"dockerfile": kmm_dockerfile("one")}}))))
+        .expect("ConfigMap");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let key = std::fs::read_to_string(&keys.key).expect("key");
+    let cert = std::fs::read_to_string(&keys.cert_pem).expect("cert");
+    for (name, data) in [("signing-key", json!({"key": key})), ("signing-cert", json!({"cert": cert})), ("build-token", json!({"token": "s3cret"}))] {
+        rt.block_on(secrets.create(&pp, &object(json!({"metadata": {"name": name}, "stringData": data})))).expect("Secret");
+    }
+
+    let reconciler = Reconciler::start(cp.kubeconfig(), &["--builder", &format!("http://{builder}")]);
+    let host = registry.host().to_string();
+    let module: Module = object(json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+        "kind": "Module",
+        "metadata": {"name": "kforge-hello", "namespace": "default"},
+        "spec": {
+            "moduleLoader": {"container": {
+                "modprobe": {"moduleName": "kforge_hello"},
+                "kernelMappings": [{
+                    "regexp": "^.+$",
+                    "containerImage": format!("{host}/kmm/kforge_hello:${{KERNEL_FULL_VERSION}}"),
+                    "build": {
+                        "buildArgs": [{"name": "RUNTIME_IMAGE", "value": runtime_image}, {"name": "SOURCES", "value": sources}],
+                        "secrets": [{"name": "build-token"}],
+                        "dockerfileConfigMap": {"name": "kforge-hello-dockerfile"},
+                    },
+                    "sign": {
+                        "keySecret": {"name": "signing-key"},
+                        "certSecret": {"name": "signing-cert"},
+                        "filesToSign": ["/opt/lib/modules/${KERNEL_FULL_VERSION}/kforge_hello.ko"],
+                    },
+                }],
+            }},
+            "selector": {},
+        },
+    }));
+    let modules: Api<Module> = Api::namespaced(client.clone(), "default");
+    rt.block_on(modules.create(&pp, &module)).expect("create the Module");
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
+    let pinned = |not: Option<String>| {
+        let daemonsets = daemonsets.clone();
+        async move {
+            let list = daemonsets.list(&ListParams::default()).await.ok()?;
+            let image = loaders(&list.items, "module-loader").first().map(image)?;
+            (Some(&image) != not.as_ref()).then_some(image)
+        }
+    };
+    let first_image = rt.block_on(cp.eventually_within("the loader pinned to the built and signed image", BUILD_TIMEOUT, async || pinned(None).await));
+    let tag = format!("{host}/kmm/kforge_hello:{abi}");
+    let digest = ok(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}"]).args(registry.skopeo_flags()).arg(format!("docker://{tag}")));
+    assert_eq!(first_image, format!("{host}/kmm/kforge_hello@{}", digest.trim()), "pinned to what the tag points at");
+    assert_eq!(reconciler.metric("kforge_reconcile_builds_total", "succeeded"), 1.0, "one build");
+
+    // The module in the pinned image carries a signature the Module's certificate verifies.
+    let layout = work.path().join("pulled");
+    skopeo_copy(&format!("docker://{first_image}"), &format!("oci:{}:img", layout.display()), &registry.skopeo_src_flags());
+    let ko = umoci_unpack(&layout, "img", &work.path().join("bundle")).join(format!("opt/lib/modules/{abi}/kforge_hello.ko"));
+    ok(kforge().arg("verify").arg("--cert").arg(&keys.cert_der).arg(&ko));
+
+    // A changed Dockerfile changes the inputs: rebuilt, and the loader follows the new digest.
+    let patch = json!({"data": {"dockerfile": kmm_dockerfile("two")}});
+    rt.block_on(configmaps.patch("kforge-hello-dockerfile", &PatchParams::default(), &Patch::Merge(&patch))).expect("edit the Dockerfile");
+    let second_image = rt.block_on(cp.eventually_within("the loader moved to the rebuilt image", BUILD_TIMEOUT, async || pinned(Some(first_image.clone())).await));
+    let digest = ok(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}"]).args(registry.skopeo_flags()).arg(format!("docker://{tag}")));
+    assert_eq!(second_image, format!("{host}/kmm/kforge_hello@{}", digest.trim()));
+    let m = rt.block_on(modules.get("kforge-hello")).expect("Module");
+    let kernel = m.status.as_ref().and_then(|s| s.kernels.first().cloned()).expect("kernel status");
+    assert_eq!((kernel.kernel.as_str(), kernel.build.as_str()), (abi.as_str(), "Present"), "{kernel:?}");
 }

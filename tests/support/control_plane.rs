@@ -360,14 +360,19 @@ impl ControlPlane {
     }
 
     /// Polls `check` until it gives a value; after `WAIT_TIMEOUT` panics naming `what`, with the logs' tails.
-    pub async fn eventually<T>(&self, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + WAIT_TIMEOUT;
+    pub async fn eventually<T>(&self, what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+        self.eventually_within(what, WAIT_TIMEOUT, check).await
+    }
+
+    /// [`Self::eventually`] with a timeout of its own (for waits that include a build).
+    pub async fn eventually_within<T>(&self, what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(value) = check().await {
                 return value;
             }
             if Instant::now() > deadline {
-                panic!("{what}: still not so after {WAIT_TIMEOUT:?}; the control plane's logs end:\n{}", self.log_tails());
+                panic!("{what}: still not so after {timeout:?}; the control plane's logs end:\n{}", self.log_tails());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
