@@ -1,7 +1,7 @@
 //! Kernel mappings: which mapping serves a kernel, the effective sections after the mapping's
 //! overrides, the referenced ConfigMaps and Secrets they need, and the expanded values per kernel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use kforge_kmm::KernelVars;
 use kforge_proto::builder::v1 as pb;
@@ -25,8 +25,12 @@ pub(crate) struct Mappings<'m> {
 }
 
 impl<'m> Mappings<'m> {
-    /// Compiles and checks the mappings; every problem is reported, naming its field.
-    pub(crate) fn compile(container: &'m ModuleLoaderContainerSpec) -> Result<Self, Vec<String>> {
+    /// Compiles and checks the mappings; every problem is reported, naming its field. Regexps
+    /// already compiled in this plan (by pattern text) are reused from `cache`.
+    pub(crate) fn compile(
+        container: &'m ModuleLoaderContainerSpec,
+        cache: &mut HashMap<String, Result<Regex, String>>,
+    ) -> Result<Self, Vec<String>> {
         if container.kernel_mappings.is_empty() {
             return Err(vec![format!("{CONTAINER}.kernelMappings is empty: add at least one mapping with a literal or a regexp")]);
         }
@@ -35,13 +39,17 @@ impl<'m> Mappings<'m> {
         for (i, m) in container.kernel_mappings.iter().enumerate() {
             match (m.literal.as_deref(), m.regexp.as_deref()) {
                 (Some(l), None) => matchers.push(Matcher::Literal(l)),
-                (None, Some(r)) => match Regex::new(r) {
-                    Ok(re) => matchers.push(Matcher::Regexp(re)),
-                    Err(e) => problems.push(format!(
-                        "{CONTAINER}.kernelMappings[{i}].regexp {r:?} is not a valid RE2 regular expression: {}",
-                        e.to_string().replace('\n', " ")
-                    )),
-                },
+                (None, Some(r)) => {
+                    let compiled = cache
+                        .entry(r.to_string())
+                        .or_insert_with(|| Regex::new(r).map_err(|e| e.to_string().replace('\n', " ")));
+                    match compiled {
+                        Ok(re) => matchers.push(Matcher::Regexp(re.clone())),
+                        Err(e) => problems.push(format!(
+                            "{CONTAINER}.kernelMappings[{i}].regexp {r:?} is not a valid RE2 regular expression: {e}"
+                        )),
+                    }
+                }
                 (None, None) => problems.push(format!("{CONTAINER}.kernelMappings[{i}] has neither literal nor regexp: set exactly one")),
                 (Some(_), Some(_)) => problems.push(format!("{CONTAINER}.kernelMappings[{i}] has both literal and regexp: set exactly one")),
             }
@@ -297,11 +305,11 @@ mod tests {
     #[test]
     fn find_takes_the_first_match_and_compiles_once() {
         let m = Module::test("ns", "m").regexp("^6", "a").literal("6.1.0", "b").regexp("el9", "c");
-        let maps = Mappings::compile(&m.spec.module_loader.container).expect("valid");
+        let maps = Mappings::compile(&m.spec.module_loader.container, &mut HashMap::new()).expect("valid");
         for (kernel, want) in [("6.1.0", Some(0)), ("5.14.0.el9", Some(2)), ("4.18.0", None), ("x6", None)] {
             assert_eq!(maps.find(kernel), want, "{kernel}");
         }
-        let errors = Mappings::compile(&Module::test("ns", "m").regexp("(", "a").regexp(")", "b").spec.module_loader.container).err().expect("invalid");
+        let errors = Mappings::compile(&Module::test("ns", "m").regexp("(", "a").regexp(")", "b").spec.module_loader.container, &mut HashMap::new()).err().expect("invalid");
         assert_eq!(errors.len(), 2, "every bad mapping is reported: {errors:?}");
     }
 
