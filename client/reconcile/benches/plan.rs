@@ -184,11 +184,7 @@ fn main() {
 
     println!("plan bench: {NODES} nodes x {KERNELS} kernels x {MODULES} Modules (setup {:.1} s)", setup.as_secs_f64());
     println!("  plan() median of 5: {:.1} ms (min {:.1}, max {:.1})", ms(median), ms(times[0]), ms(times[times.len() - 1]));
-    println!(
-        "  peak RSS (VmHWM): {:.1} MiB (after building the inputs: {:.1} MiB)",
-        vm_hwm_kib() as f64 / 1024.0,
-        rss_inputs as f64 / 1024.0
-    );
+    println!("  peak RSS (VmHWM): {:.1} MiB (after building the inputs: {:.1} MiB)", vm_hwm_kib() as f64 / 1024.0, rss_inputs as f64 / 1024.0);
     println!(
         "  plan: {} DaemonSets desired, {} node-label entries on {} nodes, {} kernel status entries, {} Modules Ready",
         desired,

@@ -27,10 +27,7 @@ pub(crate) struct Mappings<'m> {
 impl<'m> Mappings<'m> {
     /// Compiles and checks the mappings; every problem is reported, naming its field. Regexps
     /// already compiled in this plan (by pattern text) are reused from `cache`.
-    pub(crate) fn compile(
-        container: &'m ModuleLoaderContainerSpec,
-        cache: &mut HashMap<String, Result<Regex, String>>,
-    ) -> Result<Self, Vec<String>> {
+    pub(crate) fn compile(container: &'m ModuleLoaderContainerSpec, cache: &mut HashMap<String, Result<Regex, String>>) -> Result<Self, Vec<String>> {
         if container.kernel_mappings.is_empty() {
             return Err(vec![format!("{CONTAINER}.kernelMappings is empty: add at least one mapping with a literal or a regexp")]);
         }
@@ -40,14 +37,10 @@ impl<'m> Mappings<'m> {
             match (m.literal.as_deref(), m.regexp.as_deref()) {
                 (Some(l), None) => matchers.push(Matcher::Literal(l)),
                 (None, Some(r)) => {
-                    let compiled = cache
-                        .entry(r.to_string())
-                        .or_insert_with(|| Regex::new(r).map_err(|e| e.to_string().replace('\n', " ")));
+                    let compiled = cache.entry(r.to_string()).or_insert_with(|| Regex::new(r).map_err(|e| e.to_string().replace('\n', " ")));
                     match compiled {
                         Ok(re) => matchers.push(Matcher::Regexp(re.clone())),
-                        Err(e) => problems.push(format!(
-                            "{CONTAINER}.kernelMappings[{i}].regexp {r:?} is not a valid RE2 regular expression: {e}"
-                        )),
+                        Err(e) => problems.push(format!("{CONTAINER}.kernelMappings[{i}].regexp {r:?} is not a valid RE2 regular expression: {e}")),
                     }
                 }
                 (None, None) => problems.push(format!("{CONTAINER}.kernelMappings[{i}] has neither literal nor regexp: set exactly one")),
@@ -118,6 +111,9 @@ pub(crate) struct Objects<'f> {
     pub key_cert: Option<(&'f [u8], &'f [u8])>,
     /// `.dockerconfigjson` of `imageRepoSecret`.
     pub docker_config: Option<&'f [u8]>,
+    /// The inputs hash of the objects' contents (Dockerfile, build secrets, key, cert), computed
+    /// once per mapping and folded into every kernel's inputs hash.
+    pub digest: String,
 }
 
 fn object<'f>(facts: &'f Facts, kind: &'static str, namespace: &str, name: &str) -> Option<&'f BTreeMap<String, Vec<u8>>> {
@@ -186,7 +182,23 @@ pub(crate) fn gather<'f>(sections: &Sections<'f>, i: usize, module: &Module, ns:
             Err(e) => problems.push(e),
         }
     }
-    if problems.is_empty() { Ok(out) } else { Err(problems) }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut h = InputsHasher::new();
+    h.field("dockerfile", out.dockerfile.unwrap_or_default());
+    let secrets: Vec<&[u8]> = out
+        .build_secrets
+        .iter()
+        .flat_map(|(name, data)| std::iter::once(name.as_bytes()).chain(data.iter().flat_map(|(k, v)| [k.as_bytes(), v.as_slice()])))
+        .collect();
+    h.list("build-secrets", secrets.into_iter());
+    match out.key_cert {
+        Some((key, cert)) => h.field("key", key).field("cert", cert),
+        None => h.absent("key-cert"),
+    };
+    out.digest = h.finish();
+    Ok(out)
 }
 
 /// One kernel's image and, when kforge builds or signs it, its expanded inputs.
@@ -230,13 +242,6 @@ pub(crate) fn resolve(vars: &KernelVars, arch: &str, sections: &Sections<'_>, ob
                 r.build_args.push((a.name.clone(), expand("build argument", &a.value)?));
             }
             h.list("build-args", r.build_args.iter().flat_map(|(n, v)| [n.as_bytes(), v.as_bytes()]).collect::<Vec<_>>().into_iter());
-            h.field("dockerfile", objects.dockerfile.unwrap_or_default());
-            let secrets: Vec<&[u8]> = objects
-                .build_secrets
-                .iter()
-                .flat_map(|(name, data)| std::iter::once(name.as_bytes()).chain(data.iter().flat_map(|(k, v)| [k.as_bytes(), v.as_slice()])))
-                .collect();
-            h.list("build-secrets", secrets.into_iter());
             tls_flags(&mut h, "base-image-registry-tls", build.base_image_registry_tls.as_ref());
         }
     }
@@ -251,12 +256,12 @@ pub(crate) fn resolve(vars: &KernelVars, arch: &str, sections: &Sections<'_>, ob
             if sections.build.is_none() {
                 r.unsigned_image = expand("unsignedImage", sign.unsigned_image.as_deref().unwrap_or_default())?;
             }
-            let (key, cert) = objects.key_cert.unwrap_or_default();
-            h.field("key", key).field("cert", cert).field("unsigned-image", r.unsigned_image.as_bytes());
+            h.field("unsigned-image", r.unsigned_image.as_bytes());
             h.list("files-to-sign", r.files_to_sign.iter().map(String::as_bytes).collect::<Vec<_>>().into_iter());
         }
     }
     tls_flags(&mut h, "registry-tls", sections.tls);
+    h.field("objects", objects.digest.as_bytes());
     r.inputs_hash = Some(h.finish());
     Ok(r)
 }
@@ -309,7 +314,9 @@ mod tests {
         for (kernel, want) in [("6.1.0", Some(0)), ("5.14.0.el9", Some(2)), ("4.18.0", None), ("x6", None)] {
             assert_eq!(maps.find(kernel), want, "{kernel}");
         }
-        let errors = Mappings::compile(&Module::test("ns", "m").regexp("(", "a").regexp(")", "b").spec.module_loader.container, &mut HashMap::new()).err().expect("invalid");
+        let errors = Mappings::compile(&Module::test("ns", "m").regexp("(", "a").regexp(")", "b").spec.module_loader.container, &mut HashMap::new())
+            .err()
+            .expect("invalid");
         assert_eq!(errors.len(), 2, "every bad mapping is reported: {errors:?}");
     }
 

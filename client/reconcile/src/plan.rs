@@ -202,7 +202,8 @@ pub fn plan(modules: &[Module], nodes: &[NodeFacts], facts: &Facts, now: Time) -
         .iter()
         .map(|g| GroupNames { label: labels::label_value(g.kernel), hash: labels::kernel_hash(g.kernel, g.split.then_some(g.arch)) })
         .collect();
-    let ids: HashMap<String, usize, BuildHasherDefault<Fnv>> = modules.iter().enumerate().map(|(i, m)| (format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()), i)).collect();
+    let ids: HashMap<String, usize, BuildHasherDefault<Fnv>> =
+        modules.iter().enumerate().map(|(i, m)| (format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()), i)).collect();
     let mut loaded: Vec<NodeSet> = vec![NodeSet::empty(nodes.len()); modules.len()];
     for (n, node) in nodes.iter().enumerate() {
         for l in &node.loaded {
@@ -211,8 +212,15 @@ pub fn plan(modules: &[Module], nodes: &[NodeFacts], facts: &Facts, now: Time) -
             }
         }
     }
-    let mut shared =
-        Shared { facts, lookups: Vec::new(), lookup_keys: HashSet::new(), builds: Vec::new(), build_keys: HashMap::new(), claimed: HashSet::new(), regexps: HashMap::new() };
+    let mut shared = Shared {
+        facts,
+        lookups: Vec::new(),
+        lookup_keys: HashSet::new(),
+        builds: Vec::new(),
+        build_keys: HashMap::new(),
+        claimed: HashSet::new(),
+        regexps: HashMap::new(),
+    };
     let mut selections = Vec::with_capacity(modules.len());
     let mut ready_labels = Vec::with_capacity(modules.len());
     let mut out = Plan::default();
