@@ -138,9 +138,10 @@ fn main() {
     // Round 2: loaders pinned; feed them back and mark every module loaded where it is selected.
     drop(first);
     let second = plan(&modules, &nodes, &facts, now());
-    for m in &second.modules {
-        for ds in &m.daemonsets {
-            facts.daemonsets.insert((m.namespace.clone(), ds.metadata.name.clone().unwrap_or_default()), ds.clone());
+    // Moved, not cloned: the observed DaemonSets are exactly the desired ones.
+    for m in second.modules {
+        for ds in m.daemonsets {
+            facts.daemonsets.insert((m.namespace.clone(), ds.metadata.name.clone().unwrap_or_default()), ds);
         }
     }
     for node in &mut nodes {
@@ -151,7 +152,6 @@ fn main() {
             }
         }
     }
-    drop(second);
     let setup = setup.elapsed();
     let rss_inputs = vm_hwm_kib();
 
