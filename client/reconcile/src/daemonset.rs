@@ -8,7 +8,6 @@
 //! `modprobe -r` naming them in list order.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
@@ -265,37 +264,29 @@ pub(crate) fn device_plugin(module: &Module, ready_label: &str) -> Option<Daemon
     Some(frame.into_daemonset(container, volumes, None))
 }
 
-/// Feeds written bytes to a hash.
-struct HashWriter(Sha256);
-
-impl Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// sha256 of the DaemonSet's JSON without its spec-hash annotation (`sha256:<hex>`).
 pub fn spec_hash(ds: &DaemonSet) -> String {
-    let mut w = HashWriter(Sha256::new());
-    let has = ds.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(labels::SPEC_HASH));
-    let result = if has {
-        let mut copy = ds.clone();
-        if let Some(a) = copy.metadata.annotations.as_mut() {
-            a.remove(labels::SPEC_HASH);
-        }
-        serde_json::to_writer(&mut w, &copy)
-    } else {
-        serde_json::to_writer(&mut w, ds)
-    };
-    // Serialising plain data into a hash cannot fail; mark a failure distinctly anyway.
-    if result.is_err() {
-        w.0.update(b"\0serialisation failed");
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    format!("sha256:{}", hex::encode(w.0.finalize()))
+    BUFFER.with_borrow_mut(|buf| {
+        buf.clear();
+        let has = ds.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(labels::SPEC_HASH));
+        let result = if has {
+            let mut copy = ds.clone();
+            if let Some(a) = copy.metadata.annotations.as_mut() {
+                a.remove(labels::SPEC_HASH);
+            }
+            serde_json::to_writer(&mut *buf, &copy)
+        } else {
+            serde_json::to_writer(&mut *buf, ds)
+        };
+        // Serialising plain data into memory cannot fail; mark a failure distinctly anyway.
+        if result.is_err() {
+            buf.extend_from_slice(b"\0serialisation failed");
+        }
+        format!("sha256:{}", hex::encode(Sha256::digest(&buf[..])))
+    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,11 @@
 //! element count (8 bytes) followed by its elements; an absent section is the field name followed
 //! by a count of `u64::MAX`. The Module's name and namespace and the registry credentials are not
 //! inputs: two Modules asking for the same image with the same inputs share one build.
+//!
+//! Per kernel: kernel, architecture, image, build args (or `build` absent), base-image TLS, files
+//! to sign and unsignedImage (or `sign` absent), registry TLS, then `objects`: the hash (same
+//! encoding) of the referenced contents — Dockerfile, build secrets (name, then key/value pairs),
+//! key and cert — computed once per mapping.
 
 use sha2::{Digest, Sha256};
 

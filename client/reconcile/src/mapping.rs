@@ -1,7 +1,7 @@
 //! Kernel mappings: which mapping serves a kernel, the effective sections after the mapping's
 //! overrides, the referenced ConfigMaps and Secrets they need, and the expanded values per kernel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use kforge_kmm::KernelVars;
 use kforge_proto::builder::v1 as pb;
@@ -25,8 +25,9 @@ pub(crate) struct Mappings<'m> {
 }
 
 impl<'m> Mappings<'m> {
-    /// Compiles and checks the mappings; every problem is reported, naming its field.
-    pub(crate) fn compile(container: &'m ModuleLoaderContainerSpec) -> Result<Self, Vec<String>> {
+    /// Compiles and checks the mappings; every problem is reported, naming its field. Regexps
+    /// already compiled in this plan (by pattern text) are reused from `cache`.
+    pub(crate) fn compile(container: &'m ModuleLoaderContainerSpec, cache: &mut HashMap<String, Result<Regex, String>>) -> Result<Self, Vec<String>> {
         if container.kernel_mappings.is_empty() {
             return Err(vec![format!("{CONTAINER}.kernelMappings is empty: add at least one mapping with a literal or a regexp")]);
         }
@@ -35,13 +36,13 @@ impl<'m> Mappings<'m> {
         for (i, m) in container.kernel_mappings.iter().enumerate() {
             match (m.literal.as_deref(), m.regexp.as_deref()) {
                 (Some(l), None) => matchers.push(Matcher::Literal(l)),
-                (None, Some(r)) => match Regex::new(r) {
-                    Ok(re) => matchers.push(Matcher::Regexp(re)),
-                    Err(e) => problems.push(format!(
-                        "{CONTAINER}.kernelMappings[{i}].regexp {r:?} is not a valid RE2 regular expression: {}",
-                        e.to_string().replace('\n', " ")
-                    )),
-                },
+                (None, Some(r)) => {
+                    let compiled = cache.entry(r.to_string()).or_insert_with(|| Regex::new(r).map_err(|e| e.to_string().replace('\n', " ")));
+                    match compiled {
+                        Ok(re) => matchers.push(Matcher::Regexp(re.clone())),
+                        Err(e) => problems.push(format!("{CONTAINER}.kernelMappings[{i}].regexp {r:?} is not a valid RE2 regular expression: {e}")),
+                    }
+                }
                 (None, None) => problems.push(format!("{CONTAINER}.kernelMappings[{i}] has neither literal nor regexp: set exactly one")),
                 (Some(_), Some(_)) => problems.push(format!("{CONTAINER}.kernelMappings[{i}] has both literal and regexp: set exactly one")),
             }
@@ -110,6 +111,9 @@ pub(crate) struct Objects<'f> {
     pub key_cert: Option<(&'f [u8], &'f [u8])>,
     /// `.dockerconfigjson` of `imageRepoSecret`.
     pub docker_config: Option<&'f [u8]>,
+    /// The inputs hash of the objects' contents (Dockerfile, build secrets, key, cert), computed
+    /// once per mapping and folded into every kernel's inputs hash.
+    pub digest: String,
 }
 
 fn object<'f>(facts: &'f Facts, kind: &'static str, namespace: &str, name: &str) -> Option<&'f BTreeMap<String, Vec<u8>>> {
@@ -178,7 +182,23 @@ pub(crate) fn gather<'f>(sections: &Sections<'f>, i: usize, module: &Module, ns:
             Err(e) => problems.push(e),
         }
     }
-    if problems.is_empty() { Ok(out) } else { Err(problems) }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut h = InputsHasher::new();
+    h.field("dockerfile", out.dockerfile.unwrap_or_default());
+    let secrets: Vec<&[u8]> = out
+        .build_secrets
+        .iter()
+        .flat_map(|(name, data)| std::iter::once(name.as_bytes()).chain(data.iter().flat_map(|(k, v)| [k.as_bytes(), v.as_slice()])))
+        .collect();
+    h.list("build-secrets", secrets.into_iter());
+    match out.key_cert {
+        Some((key, cert)) => h.field("key", key).field("cert", cert),
+        None => h.absent("key-cert"),
+    };
+    out.digest = h.finish();
+    Ok(out)
 }
 
 /// One kernel's image and, when kforge builds or signs it, its expanded inputs.
@@ -222,13 +242,6 @@ pub(crate) fn resolve(vars: &KernelVars, arch: &str, sections: &Sections<'_>, ob
                 r.build_args.push((a.name.clone(), expand("build argument", &a.value)?));
             }
             h.list("build-args", r.build_args.iter().flat_map(|(n, v)| [n.as_bytes(), v.as_bytes()]).collect::<Vec<_>>().into_iter());
-            h.field("dockerfile", objects.dockerfile.unwrap_or_default());
-            let secrets: Vec<&[u8]> = objects
-                .build_secrets
-                .iter()
-                .flat_map(|(name, data)| std::iter::once(name.as_bytes()).chain(data.iter().flat_map(|(k, v)| [k.as_bytes(), v.as_slice()])))
-                .collect();
-            h.list("build-secrets", secrets.into_iter());
             tls_flags(&mut h, "base-image-registry-tls", build.base_image_registry_tls.as_ref());
         }
     }
@@ -243,12 +256,12 @@ pub(crate) fn resolve(vars: &KernelVars, arch: &str, sections: &Sections<'_>, ob
             if sections.build.is_none() {
                 r.unsigned_image = expand("unsignedImage", sign.unsigned_image.as_deref().unwrap_or_default())?;
             }
-            let (key, cert) = objects.key_cert.unwrap_or_default();
-            h.field("key", key).field("cert", cert).field("unsigned-image", r.unsigned_image.as_bytes());
+            h.field("unsigned-image", r.unsigned_image.as_bytes());
             h.list("files-to-sign", r.files_to_sign.iter().map(String::as_bytes).collect::<Vec<_>>().into_iter());
         }
     }
     tls_flags(&mut h, "registry-tls", sections.tls);
+    h.field("objects", objects.digest.as_bytes());
     r.inputs_hash = Some(h.finish());
     Ok(r)
 }
@@ -297,11 +310,13 @@ mod tests {
     #[test]
     fn find_takes_the_first_match_and_compiles_once() {
         let m = Module::test("ns", "m").regexp("^6", "a").literal("6.1.0", "b").regexp("el9", "c");
-        let maps = Mappings::compile(&m.spec.module_loader.container).expect("valid");
+        let maps = Mappings::compile(&m.spec.module_loader.container, &mut HashMap::new()).expect("valid");
         for (kernel, want) in [("6.1.0", Some(0)), ("5.14.0.el9", Some(2)), ("4.18.0", None), ("x6", None)] {
             assert_eq!(maps.find(kernel), want, "{kernel}");
         }
-        let errors = Mappings::compile(&Module::test("ns", "m").regexp("(", "a").regexp(")", "b").spec.module_loader.container).err().expect("invalid");
+        let errors = Mappings::compile(&Module::test("ns", "m").regexp("(", "a").regexp(")", "b").spec.module_loader.container, &mut HashMap::new())
+            .err()
+            .expect("invalid");
         assert_eq!(errors.len(), 2, "every bad mapping is reported: {errors:?}");
     }
 

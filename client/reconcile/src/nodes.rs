@@ -1,7 +1,7 @@
 //! Nodes indexed once per plan: kernel groups and label → node sets as bitsets, so that selecting
 //! and counting nodes for each Module costs a few word operations per 64 nodes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::plan::NodeFacts;
 
@@ -84,14 +84,15 @@ pub(crate) struct NodeIndex<'n> {
 }
 
 impl<'n> NodeIndex<'n> {
-    /// Indexes `nodes`.
-    pub(crate) fn new(nodes: &'n [NodeFacts]) -> Self {
+    /// Indexes `nodes`; only the label pairs some selector in `selectors` asks for are indexed.
+    pub(crate) fn new<'s>(nodes: &'n [NodeFacts], selectors: impl IntoIterator<Item = &'s BTreeMap<String, String>>) -> Self {
+        let wanted: HashSet<(&str, &str)> = selectors.into_iter().flat_map(|s| s.iter().map(|(k, v)| (k.as_str(), v.as_str()))).collect();
         let n = nodes.len();
         let mut groups: BTreeMap<(&str, &str), NodeSet> = BTreeMap::new();
         let mut labels: HashMap<(&str, &str), NodeSet> = HashMap::new();
         for (i, node) in nodes.iter().enumerate() {
             groups.entry((node.kernel.as_str(), node.architecture.as_str())).or_insert_with(|| NodeSet::empty(n)).insert(i);
-            for (k, v) in &node.labels {
+            for (k, v) in node.labels.iter().filter(|(k, v)| wanted.contains(&(k.as_str(), v.as_str()))) {
                 labels.entry((k.as_str(), v.as_str())).or_insert_with(|| NodeSet::empty(n)).insert(i);
             }
         }
@@ -143,7 +144,8 @@ mod tests {
                 node(&format!("n{i}"), kernel, arch, &[("gpu", gpu)])
             })
             .collect();
-        let idx = NodeIndex::new(&nodes);
+        let gpu_yes = BTreeMap::from([("gpu".to_string(), "yes".to_string())]);
+        let idx = NodeIndex::new(&nodes, [&gpu_yes]);
         let keys: Vec<_> = idx.groups.iter().map(|g| (g.kernel, g.arch, g.split)).collect();
         assert_eq!(keys, [("a", "amd64", false), ("b", "amd64", true), ("b", "arm64", true)]);
         let gpu = idx.select(&BTreeMap::from([("gpu".to_string(), "yes".to_string())]));

@@ -2,6 +2,7 @@
 //! referenced objects). No I/O; every decision the controller acts on is made here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -166,6 +167,25 @@ struct Shared<'f> {
     build_keys: HashMap<(String, String), usize>,
     /// DaemonSets desired or kept, by (namespace, name).
     claimed: HashSet<(String, String)>,
+    /// Regexps compiled so far, by pattern.
+    regexps: HashMap<String, Result<regex::Regex, String>>,
+}
+
+/// FNV-1a: a cheap hash for the many short `namespace/name` lookups of one plan (no adversary).
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 /// One kernel group's precomputed names.
@@ -176,13 +196,14 @@ struct GroupNames {
 
 /// The desired state: pure and deterministic; `now` stamps conditions whose status changes.
 pub fn plan(modules: &[Module], nodes: &[NodeFacts], facts: &Facts, now: Time) -> Plan {
-    let index = NodeIndex::new(nodes);
+    let index = NodeIndex::new(nodes, modules.iter().map(|m| &m.spec.selector));
     let names: Vec<GroupNames> = index
         .groups
         .iter()
         .map(|g| GroupNames { label: labels::label_value(g.kernel), hash: labels::kernel_hash(g.kernel, g.split.then_some(g.arch)) })
         .collect();
-    let ids: HashMap<String, usize> = modules.iter().enumerate().map(|(i, m)| (format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()), i)).collect();
+    let ids: HashMap<String, usize, BuildHasherDefault<Fnv>> =
+        modules.iter().enumerate().map(|(i, m)| (format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any()), i)).collect();
     let mut loaded: Vec<NodeSet> = vec![NodeSet::empty(nodes.len()); modules.len()];
     for (n, node) in nodes.iter().enumerate() {
         for l in &node.loaded {
@@ -191,8 +212,15 @@ pub fn plan(modules: &[Module], nodes: &[NodeFacts], facts: &Facts, now: Time) -
             }
         }
     }
-    let mut shared =
-        Shared { facts, lookups: Vec::new(), lookup_keys: HashSet::new(), builds: Vec::new(), build_keys: HashMap::new(), claimed: HashSet::new() };
+    let mut shared = Shared {
+        facts,
+        lookups: Vec::new(),
+        lookup_keys: HashSet::new(),
+        builds: Vec::new(),
+        build_keys: HashMap::new(),
+        claimed: HashSet::new(),
+        regexps: HashMap::new(),
+    };
     let mut selections = Vec::with_capacity(modules.len());
     let mut ready_labels = Vec::with_capacity(modules.len());
     let mut out = Plan::default();
@@ -238,7 +266,7 @@ fn plan_module(
     let container = &module.spec.module_loader.container;
     let mut degraded = Findings::default();
     let mut progressing = Findings::default();
-    let mappings = match Mappings::compile(container) {
+    let mappings = match Mappings::compile(container, &mut shared.regexps) {
         Ok(m) => Some(m),
         Err(problems) => {
             for p in problems {
