@@ -456,3 +456,55 @@ fn a_module_with_build_and_sign_is_built_signed_and_rebuilt_when_its_dockerfile_
     let kernel = m.status.as_ref().and_then(|s| s.kernels.first().cloned()).expect("kernel status");
     assert_eq!((kernel.kernel.as_str(), kernel.build.as_str()), (abi.as_str(), "Present"), "{kernel:?}");
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reconcile").join(name)
+}
+
+/// `kforge plan` offline: the DaemonSet for the kernel whose digest is given, the build for the
+/// kernel whose mapping builds, and the kernel no mapping matches named with a node running it.
+#[test]
+fn plan_prints_what_the_reconciler_would_create() {
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let out = support::output(
+        kforge()
+            .arg("plan")
+            .arg("-f")
+            .arg(fixture("module.yaml"))
+            .arg("--nodes")
+            .arg(fixture("nodes.yaml"))
+            .arg("--image")
+            .arg(format!("registry.example/kmm-ci:6.1.0-31-amd64={digest}")),
+    );
+    assert!(out.status.success(), "{}", support::text(&out.stderr));
+    let docs: Vec<DaemonSet> = serde_saphyr::from_str_multiple(&support::text(&out.stdout)).expect("YAML DaemonSets");
+    assert_eq!(docs.len(), 1, "one loader: the other kernels have no image yet");
+    assert_eq!(image(&docs[0]), format!("registry.example/kmm-ci@{digest}"));
+    let selector = node_selector(&docs[0]);
+    assert_eq!(selector.get(KERNEL_LABEL).map(String::as_str), Some("6.1.0-31-amd64"));
+    assert_eq!(selector.get("gpu").map(String::as_str), Some("yes"));
+    let stderr = support::text(&out.stderr);
+    assert!(stderr.contains("would build registry.example/kmm-ci:6.8.0-51-generic for kernel 6.8.0-51-generic"), "{stderr}");
+    assert!(stderr.contains("5.14.0-503.el9.x86_64") && stderr.contains("rhel-1"), "the unmapped kernel and its node: {stderr}");
+
+    // Without the digest, the image of the kernel that nothing builds is reported missing.
+    let out = support::output(kforge().arg("plan").arg("-f").arg(fixture("module.yaml")).arg("--nodes").arg(fixture("nodes.yaml")));
+    assert!(out.status.success());
+    assert!(support::text(&out.stdout).trim().is_empty(), "nothing to create: {}", support::text(&out.stdout));
+    let stderr = support::text(&out.stderr);
+    assert!(stderr.contains("registry.example/kmm-ci:6.1.0-31-amd64") && stderr.contains("Degraded=True"), "{stderr}");
+
+    // Nodes in place of Modules: the error says what to pass.
+    let out = support::output(kforge().arg("plan").arg("-f").arg(fixture("nodes.yaml")).arg("--nodes").arg(fixture("nodes.yaml")));
+    assert!(!out.status.success());
+    assert!(support::text(&out.stderr).contains("no Module in"), "{}", support::text(&out.stderr));
+}
+
+/// `kforge crd` prints the CRD as YAML; the end-to-end tests create the same CRD in a real API server.
+#[test]
+fn crd_prints_the_module_definition() {
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(&ok(kforge().arg("crd"))).expect("a CRD in YAML");
+    assert_eq!(crd.metadata.name.as_deref(), Some("modules.kmm.sigs.x-k8s.io"));
+    assert_eq!(crd.spec.versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["v1beta1"]);
+    assert!(crd.spec.versions[0].subresources.as_ref().is_some_and(|s| s.status.is_some()), "status subresource");
+}
