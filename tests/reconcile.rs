@@ -84,6 +84,10 @@ impl Reconciler {
             .sum()
     }
 
+    fn metrics_text(&self) -> String {
+        ok(Command::new("curl").args(["-sf", &format!("http://{}/metrics", self.addr)]))
+    }
+
     fn healthy(&self, path: &str) -> bool {
         Command::new("curl").args(["-sf", &format!("http://{}{path}", self.addr)]).status().is_ok_and(|s| s.success())
     }
@@ -94,6 +98,53 @@ impl Drop for Reconciler {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let _ = self.child.wait();
     }
+}
+
+/// Creates every object of `deploy/reconciler.yaml` and returns a kubeconfig holding a token of its
+/// service account, so the reconciler runs with exactly the RBAC the manifest grants.
+async fn deploy_manifest(cp: &ControlPlane, client: &kube::Client, dir: &Path) -> std::path::PathBuf {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/reconciler.yaml")).expect("deploy/reconciler.yaml");
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).expect("the manifest is YAML");
+    let pp = PostParams::default();
+    for doc in docs {
+        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+        let ns = doc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string();
+        let created = match kind.as_str() {
+            "Namespace" => Api::<Namespace>::all(client.clone()).create(&pp, &object(doc)).await.map(drop),
+            "ServiceAccount" => Api::<ServiceAccount>::namespaced(client.clone(), &ns).create(&pp, &object(doc)).await.map(drop),
+            "ClusterRole" => Api::<ClusterRole>::all(client.clone()).create(&pp, &object(doc)).await.map(drop),
+            "ClusterRoleBinding" => Api::<ClusterRoleBinding>::all(client.clone()).create(&pp, &object(doc)).await.map(drop),
+            "Role" => Api::<Role>::namespaced(client.clone(), &ns).create(&pp, &object(doc)).await.map(drop),
+            "RoleBinding" => Api::<RoleBinding>::namespaced(client.clone(), &ns).create(&pp, &object(doc)).await.map(drop),
+            "Deployment" => Api::<Deployment>::namespaced(client.clone(), &ns).create(&pp, &object(doc)).await.map(drop),
+            other => panic!("deploy/reconciler.yaml: unexpected kind {other}"),
+        };
+        created.unwrap_or_else(|e| panic!("the API server refuses the manifest's {kind}: {e}"));
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "kforge-system");
+    let request: TokenRequest = object(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}));
+    let token = cp
+        .eventually("a token for the reconciler's service account", async || {
+            let answer: TokenRequest = accounts.create_subresource("token", "kforge-reconciler", &pp, &request).await.ok()?;
+            answer.status.map(|s| s.token)
+        })
+        .await;
+    let kubeconfig = dir.join("reconciler.kubeconfig");
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {"server": cp.server(), "certificate-authority": cp.ca_cert()}}],
+        "users": [{"name": "kforge-reconciler", "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "kforge-reconciler"}}],
+        "current-context": "test",
+    });
+    std::fs::write(&kubeconfig, serde_json::to_vec_pretty(&config).expect("json")).expect("write kubeconfig");
+    kubeconfig
 }
 
 fn condition(module: &Module, type_: &str) -> Option<(String, String, String)> {
@@ -141,7 +192,9 @@ fn modules_become_digest_pinned_loaders_and_follow_kernels() {
         crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
     }));
 
-    let reconciler = Reconciler::start(cp.kubeconfig(), &[]);
+    // The reconciler runs as deploy/reconciler.yaml's service account, with leader election.
+    let kubeconfig = rt.block_on(deploy_manifest(&cp, &client, work.path()));
+    let reconciler = Reconciler::start(&kubeconfig, &["--leader-election", "kforge-system", "--identity", "replica-1"]);
     let modules: Api<Module> = Api::namespaced(client.clone(), "default");
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
     let nodes: Api<Node> = Api::all(client.clone());
@@ -236,13 +289,19 @@ fn modules_become_digest_pinned_loaders_and_follow_kernels() {
 
     // Steady state: several resyncs, no write request.
     std::thread::sleep(Duration::from_secs(3));
-    let before = reconciler.metric("kforge_reconcile_writes_total", "");
+    // Writes other than the leader's Lease renewals (every 5 s while it leads).
+    let writes = || reconciler.metric("kforge_reconcile_writes_total", "") - reconciler.metric("kforge_reconcile_writes_total", "kind=\"lease\"");
+    let before = writes();
     let passes_before = reconciler.metric("kforge_reconcile_passes_total", "");
     assert!(before > 0.0, "the writes so far are counted");
     std::thread::sleep(Duration::from_secs(7));
     assert!(reconciler.metric("kforge_reconcile_passes_total", "") > passes_before, "the reconciler kept passing");
-    assert_eq!(reconciler.metric("kforge_reconcile_writes_total", ""), before, "a steady cluster costs no writes");
+    let after = writes();
+    assert_eq!(after, before, "a steady cluster costs no writes:\n{}", reconciler.metrics_text());
     assert!(reconciler.healthy("/healthz") && reconciler.healthy("/readyz"));
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "kforge-system");
+    let lease = rt.block_on(leases.get("kforge-reconciler")).expect("the Lease");
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some("replica-1"), "the leader holds the Lease");
 
     // Kernel upgrade: b1 now runs kernel A; kernel B's loader goes, b1 gets kernel A's.
     let patch = json!({"status": {"nodeInfo": {"kernelVersion": KERNEL_A}}});
