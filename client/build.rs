@@ -2,7 +2,8 @@
 //! the test cache) are missing, so that the tests needing them are ignored with a reason instead of
 //! passing silently: `cfg(kforge_no_buildkitd)`, `cfg(kforge_no_control_plane)`,
 //! `cfg(kforge_no_reflect_client)`. Under `CI=true` no such cfg is set: there a missing peer fails the
-//! tests that need it, saying what to install.
+//! tests that need it, saying what to install. A real cluster is opt-in everywhere:
+//! `cfg(kforge_no_e2e_kubeconfig)` is set unless `KFORGE_E2E_KUBECONFIG` names one.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,12 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(kforge_no_buildkitd)");
     println!("cargo::rustc-check-cfg=cfg(kforge_no_control_plane)");
     println!("cargo::rustc-check-cfg=cfg(kforge_no_reflect_client)");
+    println!("cargo::rustc-check-cfg=cfg(kforge_no_e2e_kubeconfig)");
+    // A real cluster is opt-in, in CI too: tests/reconcile.rs runs against it when this is set.
+    println!("cargo::rerun-if-env-changed=KFORGE_E2E_KUBECONFIG");
+    if std::env::var_os("KFORGE_E2E_KUBECONFIG").is_none() {
+        println!("cargo::rustc-cfg=kforge_no_e2e_kubeconfig");
+    }
     for var in ["CI", "KFORGE_TEST_CACHE", "XDG_CACHE_HOME", "HOME"] {
         println!("cargo::rerun-if-env-changed={var}");
     }

@@ -567,3 +567,63 @@ fn crd_prints_the_module_definition() {
     assert_eq!(crd.spec.versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["v1beta1"]);
     assert!(crd.spec.versions[0].subresources.as_ref().is_some_and(|s| s.status.is_some()), "status subresource");
 }
+
+/// Opt-in, against a real cluster (`KFORGE_E2E_KUBECONFIG`, with rights to create namespaces and,
+/// if missing, the Module CRD): a Module selecting every node gets one status entry per kernel the
+/// nodes run, each reporting its image (by default one that does not exist, so nothing is loaded;
+/// `KFORGE_E2E_IMAGE` names a real template, e.g. `quay.io/org/kmod:${KERNEL_FULL_VERSION}`).
+#[test]
+#[cfg_attr(kforge_no_e2e_kubeconfig, ignore = "set KFORGE_E2E_KUBECONFIG to a real cluster's kubeconfig to run")]
+fn a_real_cluster_reports_every_kernel() {
+    use k8s_openapi::api::core::v1::Namespace;
+
+    let kubeconfig = std::path::PathBuf::from(std::env::var_os("KFORGE_E2E_KUBECONFIG").expect("KFORGE_E2E_KUBECONFIG"));
+    let template = std::env::var("KFORGE_E2E_IMAGE").unwrap_or_else(|_| "registry.invalid/kforge-e2e:${KERNEL_FULL_VERSION}".into());
+    let rt = runtime();
+    let client = rt.block_on(async {
+        let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"), &Default::default())
+            .await
+            .expect("kubeconfig");
+        kube::Client::try_from(config).expect("client")
+    });
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    if rt.block_on(crds.get_opt("modules.kmm.sigs.x-k8s.io")).expect("reach the cluster").is_none() {
+        rt.block_on(crds.create(&PostParams::default(), &Module::crd())).expect("create the CRD");
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let kernels: std::collections::BTreeSet<String> = rt
+        .block_on(Api::<Node>::all(client.clone()).list(&ListParams::default()))
+        .expect("nodes")
+        .items
+        .iter()
+        .filter_map(|n| Some(n.status.as_ref()?.node_info.as_ref()?.kernel_version.clone()))
+        .collect();
+    let namespace = format!("kforge-e2e-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    rt.block_on(namespaces.create(&PostParams::default(), &object(json!({"metadata": {"name": namespace}})))).expect("namespace");
+    let _reconciler = Reconciler::start(&kubeconfig, &[]);
+    let modules: Api<Module> = Api::namespaced(client.clone(), &namespace);
+    let module: Module = object(json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+        "kind": "Module",
+        "metadata": {"name": "e2e"},
+        "spec": {"moduleLoader": {"container": {"modprobe": {"moduleName": "kforge_e2e"}, "kernelMappings": [{"regexp": "^.+$", "containerImage": template}]}}, "selector": {}},
+    }));
+    rt.block_on(modules.create(&PostParams::default(), &module)).expect("create the Module");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let reported = loop {
+        let m = rt.block_on(modules.get("e2e")).expect("get the Module");
+        let seen: std::collections::BTreeSet<String> = m.status.iter().flat_map(|s| &s.kernels).map(|k| k.kernel.clone()).collect();
+        if seen == kernels || std::time::Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    rt.block_on(modules.delete("e2e", &DeleteParams::default())).expect("delete the Module");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while rt.block_on(modules.get_opt("e2e")).ok().flatten().is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let _ = rt.block_on(namespaces.delete(&namespace, &DeleteParams::default()));
+    assert_eq!(reported, kernels, "one status entry per kernel the cluster's nodes run");
+}
