@@ -45,7 +45,9 @@ fn push_image(registry: &Registry, work: &Path, repo: &str, tag: &str) -> String
     write_image(&layout, "v", &Image::oci(vec![vec![file("/etc/kforge-kmm", format!("{repo}:{tag}\n").into_bytes())]]));
     let reference = format!("{}/{repo}:{tag}", registry.host());
     skopeo_copy(&format!("oci:{}:v", layout.display()), &format!("docker://{reference}"), &registry.skopeo_dest_flags());
-    ok(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}"]).args(registry.skopeo_flags()).arg(format!("docker://{reference}"))).trim().to_string()
+    ok(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}"]).args(registry.skopeo_flags()).arg(format!("docker://{reference}")))
+        .trim()
+        .to_string()
 }
 
 /// `kforge reconcile`, stopped with SIGTERM on drop; its health and metrics address.
@@ -153,10 +155,7 @@ fn condition(module: &Module, type_: &str) -> Option<(String, String, String)> {
 }
 
 fn loaders(list: &[DaemonSet], component: &str) -> Vec<DaemonSet> {
-    list.iter()
-        .filter(|d| d.metadata.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/component")).is_some_and(|c| c == component))
-        .cloned()
-        .collect()
+    list.iter().filter(|d| d.metadata.labels.as_ref().and_then(|l| l.get("app.kubernetes.io/component")).is_some_and(|c| c == component)).cloned().collect()
 }
 
 fn node_selector(ds: &DaemonSet) -> std::collections::BTreeMap<String, String> {
@@ -344,10 +343,7 @@ fn modules_become_digest_pinned_loaders_and_follow_kernels() {
         (gone && list.items.is_empty()).then_some(())
     }));
     let labelled = rt.block_on(nodes.list(&ListParams::default())).expect("nodes");
-    assert!(
-        labelled.items.iter().all(|n| !n.metadata.labels.as_ref().is_some_and(|l| l.contains_key(READY_LABEL))),
-        "ready labels removed"
-    );
+    assert!(labelled.items.iter().all(|n| !n.metadata.labels.as_ref().is_some_and(|l| l.contains_key(READY_LABEL))), "ready labels removed");
     drop(reconciler);
 }
 
@@ -425,7 +421,8 @@ fn a_module_with_build_and_sign_is_built_signed_and_rebuilt_when_its_dockerfile_
         .expect("start kforge serve");
     let mut first = String::new();
     BufReader::new(serve.stdout.take().expect("stdout")).read_line(&mut first).expect("read");
-    let builder = first.trim().strip_prefix("kforge serves the signer and the builder on ").unwrap_or_else(|| panic!("serve did not start: {first}")).to_string();
+    let builder =
+        first.trim().strip_prefix("kforge serves the signer and the builder on ").unwrap_or_else(|| panic!("serve did not start: {first}")).to_string();
     struct Stop(Child);
     impl Drop for Stop {
         fn drop(&mut self) {
@@ -508,7 +505,8 @@ fn a_module_with_build_and_sign_is_built_signed_and_rebuilt_when_its_dockerfile_
     // A changed Dockerfile changes the inputs: rebuilt, and the loader follows the new digest.
     let patch = json!({"data": {"dockerfile": kmm_dockerfile("two")}});
     rt.block_on(configmaps.patch("kforge-hello-dockerfile", &PatchParams::default(), &Patch::Merge(&patch))).expect("edit the Dockerfile");
-    let second_image = rt.block_on(cp.eventually_within("the loader moved to the rebuilt image", BUILD_TIMEOUT, async || pinned(Some(first_image.clone())).await));
+    let second_image =
+        rt.block_on(cp.eventually_within("the loader moved to the rebuilt image", BUILD_TIMEOUT, async || pinned(Some(first_image.clone())).await));
     let digest = ok(Command::new("skopeo").args(["inspect", "--format", "{{.Digest}}"]).args(registry.skopeo_flags()).arg(format!("docker://{tag}")));
     assert_eq!(second_image, format!("{host}/kmm/kforge_hello@{}", digest.trim()));
     let m = rt.block_on(modules.get("kforge-hello")).expect("Module");

@@ -110,7 +110,9 @@ pub enum Error {
         reason: &'static str,
     },
     /// A build secret's id cannot be mounted at `/run/secrets/<id>` in every `RUN`.
-    #[error("build secret {id:?} cannot be mounted at /run/secrets/{id} in the Dockerfile's RUN steps: {reason}; name secrets <secret>/<key> (a Kubernetes Secret and one of its keys) or with a plain name such as token")]
+    #[error(
+        "build secret {id:?} cannot be mounted at /run/secrets/{id} in the Dockerfile's RUN steps: {reason}; name secrets <secret>/<key> (a Kubernetes Secret and one of its keys) or with a plain name such as token"
+    )]
     SecretId {
         /// The id as given.
         id: String,

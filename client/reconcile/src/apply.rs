@@ -9,9 +9,9 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Map, Value, json};
 
 use crate::api::{Module, ModuleStatus};
-use crate::labels::{self, SPEC_HASH, is_managed_node_label};
 use crate::error::{Error, Result};
 use crate::events::{Events, Note};
+use crate::labels::{self, SPEC_HASH, is_managed_node_label};
 use crate::metrics::Metrics;
 
 /// The finalizer kforge puts on Modules so that loaders are unloaded before a Module goes.

@@ -76,11 +76,11 @@ impl Stores {
         let mut out = BTreeMap::new();
         for cm in self.configmaps.state() {
             let Some(ns) = cm.namespace().filter(|ns| namespaces.contains(ns)) else { continue };
-out.insert(ObjectKey { kind: "ConfigMap", namespace: ns, name: cm.name_any() }, crate::facts::config_map_data(&cm));
+            out.insert(ObjectKey { kind: "ConfigMap", namespace: ns, name: cm.name_any() }, crate::facts::config_map_data(&cm));
         }
         for s in self.secrets.state() {
             let Some(ns) = s.namespace().filter(|ns| namespaces.contains(ns)) else { continue };
-out.insert(ObjectKey { kind: "Secret", namespace: ns, name: s.name_any() }, crate::facts::secret_data(&s));
+            out.insert(ObjectKey { kind: "Secret", namespace: ns, name: s.name_any() }, crate::facts::secret_data(&s));
         }
         out
     }
@@ -191,5 +191,4 @@ mod tests {
         assert_eq!(loaded, vec![("n1".into(), vec!["kmm/m".to_string()]), ("n2".into(), vec!["kmm/m".to_string()]), ("n3".into(), vec![])]);
         assert_eq!((facts[0].kernel.as_str(), facts[0].architecture.as_str()), ("6.1.0-1", "arm64"));
     }
-
 }

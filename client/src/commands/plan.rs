@@ -163,7 +163,14 @@ fn print_plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
         }
         for k in &module.status.kernels {
             let digest = k.digest.as_deref().unwrap_or("-");
-            eprintln!("  kernel {}: {} {} {digest} on {} node(s){}", k.kernel, k.build, k.image, k.nodes_desired, k.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default());
+            eprintln!(
+                "  kernel {}: {} {} {digest} on {} node(s){}",
+                k.kernel,
+                k.build,
+                k.image,
+                k.nodes_desired,
+                k.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+            );
         }
     }
     for build in &plan.builds {

@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::api::{KernelStatus, ModuleSpec, ModuleStatus};
-use crate::labels::{KERNEL_FULL as KERNEL_LABEL, MODULE_NAME as MODULE_NAME_LABEL, SPEC_HASH};
 use crate::config::LeaseConfig;
+use crate::labels::{KERNEL_FULL as KERNEL_LABEL, MODULE_NAME as MODULE_NAME_LABEL, SPEC_HASH};
 use crate::plan::{ModulePlan, NodeFacts};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
