@@ -102,6 +102,17 @@ impl Drop for Reconciler {
     }
 }
 
+/// Creates the Module CRD kforge generates (the API server must accept it) and waits until it is served.
+async fn install_crd(cp: &ControlPlane, client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &Module::crd()).await.expect("the generated CRD is accepted by the API server");
+    cp.eventually("the Module CRD is established", async || {
+        let crd = crds.get("modules.kmm.sigs.x-k8s.io").await.ok()?;
+        crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+    })
+    .await;
+}
+
 /// Creates every object of `deploy/reconciler.yaml` and returns a kubeconfig holding a token of its
 /// service account, so the reconciler runs with exactly the RBAC the manifest grants.
 async fn deploy_manifest(cp: &ControlPlane, client: &kube::Client, dir: &Path) -> std::path::PathBuf {
@@ -184,12 +195,7 @@ fn modules_become_digest_pinned_loaders_and_follow_kernels() {
     });
     let rt = runtime();
     let client = rt.block_on(cp.client());
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    rt.block_on(crds.create(&PostParams::default(), &Module::crd())).expect("the generated CRD is accepted by the API server");
-    rt.block_on(cp.eventually("the Module CRD is established", async || {
-        let crd = crds.get("modules.kmm.sigs.x-k8s.io").await.ok()?;
-        crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-    }));
+    rt.block_on(install_crd(&cp, &client));
 
     // The reconciler runs as deploy/reconciler.yaml's service account, with leader election.
     let kubeconfig = rt.block_on(deploy_manifest(&cp, &client, work.path()));
@@ -435,12 +441,7 @@ fn a_module_with_build_and_sign_is_built_signed_and_rebuilt_when_its_dockerfile_
     let cp = ControlPlane::start_with(Options { nodes: vec![FakeNode::new("worker", &abi, "Debian GNU/Linux 12 (bookworm)")] });
     let rt = runtime();
     let client = rt.block_on(cp.client());
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    rt.block_on(crds.create(&PostParams::default(), &Module::crd())).expect("create the CRD");
-    rt.block_on(cp.eventually("the Module CRD is established", async || {
-        let crd = crds.get("modules.kmm.sigs.x-k8s.io").await.ok()?;
-        crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-    }));
+    rt.block_on(install_crd(&cp, &client));
     let pp = PostParams::default();
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     rt.block_on(configmaps.create(&pp, &object(json!({"metadata": {"name": "kforge-hello-dockerfile"}, "data": {"dockerfile": kmm_dockerfile("one")}}))))
