@@ -4,7 +4,7 @@
 //! of them build and sign. Images are all Present and the plan's own DaemonSets are fed back as the
 //! observed ones, so a correct planner asks for no write, no build, no lookup and no deletion.
 //! Prints the median of 5 runs after one warm-up, peak RSS (VmHWM) and the plan's sizes; asserts
-//! nothing about time. Run with `cargo bench -p kforge-reconcile --bench plan`.
+//! nothing about time. Run with `cargo bench -p kforge-reconcile --bench plan` (source: tests/bench/plan.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
