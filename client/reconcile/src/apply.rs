@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::events::{Events, Note};
 use crate::labels::{self, SPEC_HASH, is_managed_node_label};
 use crate::metrics::Metrics;
+use crate::plan::LabelChanges;
 
 /// The finalizer kforge puts on Modules so that loaders are unloaded before a Module goes.
 pub const FINALIZER: &str = "kforge.io/module-loader";
@@ -82,10 +83,10 @@ impl Writes {
         Ok(())
     }
 
-    /// Patches `node`'s kforge-managed labels to exactly `desired` (one merge patch, only if
-    /// something differs).
-    pub(crate) async fn node_labels(&self, node: &Node, desired: &BTreeMap<String, String>) -> Result<()> {
-        let Some(patch) = label_diff(node.labels(), desired) else { return Ok(()) };
+    /// Makes the planner's label `changes` on `node` (one merge patch of those the node does not
+    /// have yet, if any).
+    pub(crate) async fn node_labels(&self, node: &Node, changes: &LabelChanges) -> Result<()> {
+        let Some(patch) = label_patch(node.labels(), changes) else { return Ok(()) };
         let name = node.name_any();
         let api: Api<Node> = Api::all(self.client.clone());
         self.metrics.write("node-labels");
@@ -156,20 +157,14 @@ impl Writes {
     }
 }
 
-/// The merge-patch `labels` map taking `live`'s managed labels to `desired` (`null` removes), or
-/// `None` when they already agree. Labels kforge does not manage are never touched.
-pub(crate) fn label_diff(live: &BTreeMap<String, String>, desired: &BTreeMap<String, String>) -> Option<Map<String, Value>> {
-    let mut patch = Map::new();
-    for (k, v) in desired {
-        if live.get(k) != Some(v) {
-            patch.insert(k.clone(), Value::String(v.clone()));
-        }
-    }
-    for k in live.keys().filter(|k| is_managed_node_label(k)) {
-        if !desired.contains_key(k) {
-            patch.insert(k.clone(), Value::Null);
-        }
-    }
+/// The merge-patch `labels` map making those of `changes` that `live` does not show yet (`null`
+/// removes), or `None` when none is left. Labels kforge does not manage are never touched.
+pub(crate) fn label_patch(live: &BTreeMap<String, String>, changes: &LabelChanges) -> Option<Map<String, Value>> {
+    let patch: Map<String, Value> = changes
+        .iter()
+        .filter(|(k, v)| is_managed_node_label(k) && live.get(*k) != v.as_ref())
+        .map(|(k, v)| (k.clone(), v.clone().map_or(Value::Null, Value::String)))
+        .collect();
     (!patch.is_empty()).then_some(patch)
 }
 
@@ -177,24 +172,29 @@ pub(crate) fn label_diff(live: &BTreeMap<String, String>, desired: &BTreeMap<Str
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
     #[test]
-    fn label_diff_touches_only_managed_labels_that_differ() {
-        let live = labels(&[
+    fn label_patch_sends_only_managed_changes_not_yet_made() {
+        let live: BTreeMap<String, String> = [
             ("kubernetes.io/hostname", "n1"),
             ("kmm.node.kubernetes.io/kernel-version.full", "6.1.0-1"),
             ("kmm.node.kubernetes.io/default.old.ready", ""),
             ("kmm.node.kubernetes.io/default.keep.ready", ""),
-        ]);
-        let desired = labels(&[
-            ("kmm.node.kubernetes.io/kernel-version.full", "6.1.0-2"),
-            ("kmm.node.kubernetes.io/default.keep.ready", ""),
-            ("kmm.node.kubernetes.io/default.new.ready", ""),
-        ]);
-        let patch = label_diff(&live, &desired).expect("differs");
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let changes: LabelChanges = [
+            ("kmm.node.kubernetes.io/kernel-version.full", Some("6.1.0-2")),
+            ("kmm.node.kubernetes.io/default.old.ready", None),
+            ("kmm.node.kubernetes.io/default.keep.ready", Some("")),
+            ("kmm.node.kubernetes.io/default.new.ready", Some("")),
+            ("kmm.node.kubernetes.io/default.gone.ready", None),
+            ("kubernetes.io/hostname", None),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+        .collect();
+        let patch = label_patch(&live, &changes).expect("differs");
         assert_eq!(
             Value::Object(patch),
             json!({
@@ -203,6 +203,7 @@ mod tests {
                 "kmm.node.kubernetes.io/default.new.ready": "",
             })
         );
-        assert_eq!(label_diff(&desired, &desired), None);
+        let done: LabelChanges = [("kmm.node.kubernetes.io/default.keep.ready".to_string(), Some(String::new()))].into();
+        assert_eq!(label_patch(&live, &done), None);
     }
 }

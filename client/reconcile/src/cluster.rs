@@ -2,6 +2,7 @@
 //! from them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
@@ -85,9 +86,9 @@ impl Stores {
         out
     }
 
-    /// kforge's DaemonSets by (namespace, name).
-    pub(crate) fn daemonsets(&self) -> BTreeMap<(String, String), DaemonSet> {
-        self.daemonsets.state().iter().map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), (**d).clone())).collect()
+    /// kforge's DaemonSets by (namespace, name), shared with the store.
+    pub(crate) fn daemonsets(&self) -> BTreeMap<(String, String), Arc<DaemonSet>> {
+        self.daemonsets.state().into_iter().map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), d)).collect()
     }
 
     /// A Secret's data key.

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::reflector::{self, ObjectRef, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -21,6 +21,7 @@ use crate::cluster::Stores;
 use crate::config::Config;
 use crate::error::Result;
 use crate::events::Events;
+use crate::facts;
 use crate::images::{ImageCache, run_lookups};
 use crate::labels::{self, ready_label};
 use crate::leader::Elector;
@@ -113,15 +114,21 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     Controller::new(client, config, &mut registry).run(shutdown).await
 }
 
-/// Keeps `writer` in step with `api` (reconnecting with backoff after any error) and sends a
-/// wake-up on every change.
-pub(crate) async fn watch_into<K>(api: Api<K>, cfg: watcher::Config, writer: Writer<K>, trigger: mpsc::Sender<()>)
+/// Keeps `writer` in step with `api` (reconnecting with backoff after any error), storing each
+/// object as `slim` leaves it (managed fields always dropped), and sends a wake-up on every change.
+pub(crate) async fn watch_into<K>(api: Api<K>, cfg: watcher::Config, slim: fn(&mut K), writer: Writer<K>, trigger: mpsc::Sender<()>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let kind = K::kind(&Default::default()).to_string();
-    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff().modify(|o: &mut K| o.managed_fields_mut().clear()));
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, cfg).default_backoff().modify(move |o: &mut K| {
+            o.managed_fields_mut().clear();
+            slim(o);
+        }),
+    );
     tokio::pin!(stream);
     while let Some(event) = stream.next().await {
         match event {
@@ -134,28 +141,43 @@ where
     }
 }
 
+/// Stores an object whole (but for managed fields).
+fn whole<K>(_: &mut K) {}
+
 fn start_watches(client: &Client, trigger: mpsc::Sender<()>) -> (Stores, Vec<tokio::task::JoinHandle<()>>) {
-    fn spawn<K>(api: Api<K>, cfg: watcher::Config, trigger: &mpsc::Sender<()>, tasks: &mut Vec<tokio::task::JoinHandle<()>>) -> reflector::Store<K>
+    fn spawn<K>(
+        api: Api<K>,
+        cfg: watcher::Config,
+        slim: fn(&mut K),
+        trigger: &mpsc::Sender<()>,
+        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> reflector::Store<K>
     where
         K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
         K::DynamicType: Default + Eq + std::hash::Hash + Clone,
     {
         let writer = Writer::default();
         let store = writer.as_reader();
-        tasks.push(tokio::spawn(watch_into(api, cfg, writer, trigger.clone())));
+        tasks.push(tokio::spawn(watch_into(api, cfg, slim, writer, trigger.clone())));
         store
     }
     let mut tasks = Vec::new();
     let all = watcher::Config::default();
     let t = &trigger;
     let stores = Stores {
-        modules: spawn(Api::<Module>::all(client.clone()), all.clone(), t, &mut tasks),
-        nodes: spawn(Api::<Node>::all(client.clone()), all.clone(), t, &mut tasks),
-        daemonsets: spawn(Api::<DaemonSet>::all(client.clone()), all.clone().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER)), t, &mut tasks),
-        pods: spawn(Api::<Pod>::all(client.clone()), all.clone().labels(&format!("{}={}", labels::COMPONENT, labels::LOADER)), t, &mut tasks),
-        configmaps: spawn(Api::<ConfigMap>::all(client.clone()), all.clone(), t, &mut tasks),
+        modules: spawn(Api::<Module>::all(client.clone()), all.clone(), whole, t, &mut tasks),
+        nodes: spawn(Api::<Node>::all(client.clone()), all.clone(), facts::slim_node, t, &mut tasks),
+        daemonsets: spawn(
+            Api::<DaemonSet>::all(client.clone()),
+            all.clone().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER)),
+            facts::slim_daemonset,
+            t,
+            &mut tasks,
+        ),
+        pods: spawn(Api::<Pod>::all(client.clone()), all.clone().labels(&format!("{}={}", labels::COMPONENT, labels::LOADER)), whole, t, &mut tasks),
+        configmaps: spawn(Api::<ConfigMap>::all(client.clone()), all.clone(), whole, t, &mut tasks),
         // Service-account tokens are many and never referenced by a Module.
-        secrets: spawn(Api::<Secret>::all(client.clone()), all.fields("type!=kubernetes.io/service-account-token"), t, &mut tasks),
+        secrets: spawn(Api::<Secret>::all(client.clone()), all.fields("type!=kubernetes.io/service-account-token"), whole, t, &mut tasks),
     };
     (stores, tasks)
 }
@@ -215,6 +237,7 @@ impl Reconciler {
         let nodes = self.stores.node_facts();
         let now = Instant::now();
         let mut images = self.images.facts(now);
+        self.lookup(self.images.expired(now));
         images.extend(self.builds.overlay(now));
         let facts = Facts { images, objects: self.stores.objects(&live), daemonsets: self.stores.daemonsets() };
         (live, deleting, nodes, facts)
@@ -251,7 +274,7 @@ impl Reconciler {
             let module = format!("{}/{}", mp.namespace, mp.name);
             for ds in &mp.daemonsets {
                 let key = (ds.namespace().unwrap_or_else(|| mp.namespace.clone()), ds.name_any());
-                if let Err(e) = self.writes.daemonset(ds, facts.daemonsets.get(&key), &mp.name).await {
+                if let Err(e) = self.writes.daemonset(ds, facts.daemonsets.get(&key).map(|d| &**d), &mp.name).await {
                     log(&format!("apply DaemonSet of Module {module}"), e);
                 }
             }
@@ -263,10 +286,9 @@ impl Reconciler {
                 log("delete DaemonSet", e);
             }
         }
-        let empty = Default::default();
-        for node in self.stores.nodes.state() {
-            let desired = plan.node_labels.get(&node.name_any()).unwrap_or(&empty);
-            if let Err(e) = self.writes.node_labels(&node, desired).await {
+        for (name, changes) in &plan.node_labels {
+            let Some(node) = self.stores.nodes.get(&ObjectRef::new(name)) else { continue };
+            if let Err(e) = self.writes.node_labels(&node, changes).await {
                 log("node labels", e);
             }
         }

@@ -121,7 +121,8 @@ struct Frame<'a> {
 }
 
 impl Frame<'_> {
-    fn into_daemonset(self, container: Container, volumes: Vec<Volume>, grace: Option<i64>) -> DaemonSet {
+    /// The DaemonSet; `hash` goes into its spec-hash annotation (`None`: hash of the object itself).
+    fn into_daemonset(self, container: Container, volumes: Vec<Volume>, grace: Option<i64>, hash: Option<String>) -> DaemonSet {
         let spec = &self.module.spec;
         let pod = PodSpec {
             containers: vec![container],
@@ -149,7 +150,7 @@ impl Frame<'_> {
             },
             status: None,
         };
-        let hash = spec_hash(&ds);
+        let hash = hash.unwrap_or_else(|| spec_hash(&ds));
         if let Some(a) = ds.metadata.annotations.as_mut() {
             a.insert(labels::SPEC_HASH.into(), hash);
         }
@@ -165,26 +166,75 @@ fn common_labels(module: &str, component: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// One loader DaemonSet's parameters.
+/// One loader DaemonSet's parameters. [`loader`] puts each of them into the object verbatim (no
+/// transformation): [`LoaderHasher`] relies on it.
+#[derive(Clone, Copy)]
 pub(crate) struct Loader<'a> {
     /// The Module.
     pub module: &'a Module,
     /// The DaemonSet's name.
-    pub name: String,
+    pub name: &'a str,
     /// The short kernel hash (label).
     pub kernel_hash: &'a str,
     /// The node's kernel label value.
     pub kernel_label: &'a str,
     /// The architecture, when the kernel is split by architecture.
     pub arch: Option<&'a str>,
+    /// The image as the Module names it (by tag, expanded).
+    pub tag: &'a str,
+    /// The digest the tag points at.
+    pub digest: &'a str,
     /// The image pinned by digest.
-    pub image: String,
+    pub image: &'a str,
     /// The inputs hash, when kforge builds or signs the image.
     pub inputs_hash: Option<&'a str>,
 }
 
-/// The loader DaemonSet.
-pub(crate) fn loader(p: Loader<'_>) -> DaemonSet {
+/// Spec hashes of one Module's loaders without building them: sha256 over the JSON of a prototype
+/// loader (built once, with placeholders for the per-kernel values) and over those values. As
+/// [`loader`] places the values verbatim, equal hashes mean equal DaemonSets, and any change to the
+/// Module or to how loaders are built changes the prototype.
+#[derive(Default)]
+pub(crate) struct LoaderHasher {
+    /// Prototype digests by (split by architecture, has inputs hash).
+    prototypes: [Option<[u8; 32]>; 4],
+}
+
+impl LoaderHasher {
+    /// The spec hash of the loader `p` describes (`sha256:<hex>`).
+    pub(crate) fn hash(&mut self, p: &Loader<'_>) -> String {
+        let slot = usize::from(p.arch.is_some()) | usize::from(p.inputs_hash.is_some()) << 1;
+        let prototype = *self.prototypes[slot].get_or_insert_with(|| {
+            let placeholders = Loader {
+                module: p.module,
+                name: "\0name",
+                kernel_hash: "\0kernel-hash",
+                kernel_label: "\0kernel-label",
+                arch: p.arch.map(|_| "\0arch"),
+                tag: "\0tag",
+                digest: "\0digest",
+                image: "\0image",
+                inputs_hash: p.inputs_hash.map(|_| "\0inputs-hash"),
+            };
+            let ds = build_loader(&placeholders, String::new());
+            Sha256::digest(serde_json::to_vec(&ds).unwrap_or_default()).into()
+        });
+        let mut h = Sha256::new();
+        h.update(prototype);
+        for value in [p.name, p.kernel_hash, p.kernel_label, p.arch.unwrap_or_default(), p.tag, p.digest, p.image, p.inputs_hash.unwrap_or_default()] {
+            h.update((value.len() as u64).to_le_bytes());
+            h.update(value);
+        }
+        format!("sha256:{}", hex::encode(h.finalize()))
+    }
+}
+
+/// The loader DaemonSet, its spec-hash annotation set to `hash` (from [`LoaderHasher`]).
+pub(crate) fn loader(p: &Loader<'_>, hash: String) -> DaemonSet {
+    build_loader(p, hash)
+}
+
+fn build_loader(p: &Loader<'_>, hash: String) -> DaemonSet {
     let spec = &p.module.spec;
     let modprobe = &spec.module_loader.container.modprobe;
     let mut labels = common_labels(&p.module.name_any(), labels::LOADER);
@@ -207,7 +257,7 @@ pub(crate) fn loader(p: Loader<'_>) -> DaemonSet {
     }
     let container = Container {
         name: "module-loader".into(),
-        image: Some(p.image),
+        image: Some(p.image.to_string()),
         image_pull_policy: spec.module_loader.container.image_pull_policy.clone(),
         command: Some(vec!["sleep".into(), "infinity".into()]),
         lifecycle: Some(Lifecycle {
@@ -230,9 +280,20 @@ pub(crate) fn loader(p: Loader<'_>) -> DaemonSet {
         volume_mounts: Some(mounts),
         ..Default::default()
     };
-    let annotations = p.inputs_hash.map(|h| BTreeMap::from([(labels::INPUTS_HASH.to_string(), h.to_string())])).unwrap_or_default();
-    let frame = Frame { module: p.module, name: p.name, labels, annotations, node_selector, service_account: spec.module_loader.service_account_name.clone() };
-    frame.into_daemonset(container, volumes, Some(GRACE_SECONDS))
+    // What the image was and is: after a restart the planner trusts these until lookups answer.
+    let mut annotations = BTreeMap::from([(labels::IMAGE.to_string(), p.tag.to_string()), (labels::IMAGE_DIGEST.to_string(), p.digest.to_string())]);
+    if let Some(h) = p.inputs_hash {
+        annotations.insert(labels::INPUTS_HASH.to_string(), h.to_string());
+    }
+    let frame = Frame {
+        module: p.module,
+        name: p.name.to_string(),
+        labels,
+        annotations,
+        node_selector,
+        service_account: spec.module_loader.service_account_name.clone(),
+    };
+    frame.into_daemonset(container, volumes, Some(GRACE_SECONDS), Some(hash))
 }
 
 /// The device-plugin DaemonSet, when the Module has one.
@@ -261,11 +322,11 @@ pub(crate) fn device_plugin(module: &Module, ready_label: &str) -> Option<Daemon
         node_selector,
         service_account: dp.service_account_name.clone(),
     };
-    Some(frame.into_daemonset(container, volumes, None))
+    Some(frame.into_daemonset(container, volumes, None, None))
 }
 
 /// sha256 of the DaemonSet's JSON without its spec-hash annotation (`sha256:<hex>`).
-pub fn spec_hash(ds: &DaemonSet) -> String {
+pub(crate) fn spec_hash(ds: &DaemonSet) -> String {
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -300,6 +361,46 @@ mod tests {
         {
             assert_eq!(shell_quote(input), want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn loader_hashes_are_equal_exactly_when_the_daemonsets_are() {
+        let modules = [
+            Module::test("ns", "m"),
+            Module::test("ns", "m").tolerate("gpu"),
+            Module::test("other", "m"),
+            Module::test("ns", "m").modprobe(|m| m.parameters.push("x=1".into())),
+        ];
+        let mut cases = Vec::new();
+        for (i, module) in modules.iter().enumerate() {
+            for name in ["m-loader-a", "m-loader-b"] {
+                for (kernel_hash, kernel_label) in [("a", "6.1.0-1"), ("b", "6.1.0-1"), ("a", "6.1.0-2")] {
+                    for arch in [None, Some("amd64"), Some("arm64")] {
+                        for image in ["reg/m@sha256:1", "reg/m@sha256:2"] {
+                            for inputs_hash in [None, Some("h1"), Some("h2")] {
+                                let p = Loader { module, name, kernel_hash, kernel_label, arch, tag: "reg/m:1", digest: &image[6..], image, inputs_hash };
+                                cases.push((i, p));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut hashers: Vec<LoaderHasher> = modules.iter().map(|_| LoaderHasher::default()).collect();
+        let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        for (i, p) in &cases {
+            let hash = hashers[*i].hash(p);
+            let ds = loader(p, hash.clone());
+            assert_eq!(ds.metadata.annotations.as_ref().map(|a| &a[labels::SPEC_HASH]), Some(&hash));
+            let json = serde_json::to_string(&ds).expect("json");
+            // One hash per distinct object: no two different loaders share one.
+            if let Some(other) = seen.insert(hash.clone(), json.clone()) {
+                assert_eq!(other, json, "two loaders with hash {hash}");
+            }
+            // A fresh hasher (another pass) agrees.
+            assert_eq!(LoaderHasher::default().hash(p), hash);
+        }
+        assert_eq!(seen.len(), cases.len(), "every case differs from the others, so every hash must too");
     }
 
     #[test]

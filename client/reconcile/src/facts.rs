@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -38,6 +39,19 @@ pub fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
     let mut data: BTreeMap<String, Vec<u8>> = secret.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
     data.extend(secret.string_data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())));
     data
+}
+
+/// A DaemonSet as the controller keeps it: without its pod spec, which the spec-hash annotation
+/// stands for (the planner reads metadata and status only).
+pub fn slim_daemonset(ds: &mut DaemonSet) {
+    ds.spec.template.spec = None;
+}
+
+/// A Node as the controller keeps it: without the list of images it holds.
+pub fn slim_node(node: &mut Node) {
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+    }
 }
 
 /// Whether kforge manages the object (`app.kubernetes.io/managed-by: kforge`).

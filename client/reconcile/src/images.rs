@@ -2,8 +2,9 @@
 //!
 //! A `Present` fact is kept until a newer lookup replaces it: at every resync the controller
 //! looks every cached tag up again in the background, so a tag that moved is followed while the
-//! DaemonSets keep the old digest until the new one is known. `Missing` and failed lookups are
-//! forgotten after `missing_ttl`, so the planner asks for them again.
+//! DaemonSets keep the old digest until the new one is known. `Missing` and failed facts are
+//! looked up again after `missing_ttl` and believed until the answer comes (those with no lookup
+//! to repeat are forgotten, so the planner asks for them again).
 //!
 //! Lookups are not architecture-aware yet: `kforge_image` exposes the digest a tag points at
 //! (an index digest for multi-arch images) but not the index's per-platform entries, so an image
@@ -54,8 +55,19 @@ impl ImageCache {
     pub(crate) fn facts(&self, now: Instant) -> BTreeMap<ImageKey, ImageFact> {
         let mut inner = self.lock();
         let ttl = self.missing_ttl;
-        inner.entries.retain(|_, e| matches!(e.fact, ImageFact::Present { .. }) || now.duration_since(e.at) < ttl);
+        inner.entries.retain(|_, e| matches!(e.fact, ImageFact::Present { .. }) || now.duration_since(e.at) < ttl || e.lookup.is_some());
         inner.entries.iter().map(|(k, e)| (k.clone(), e.fact.clone())).collect()
+    }
+
+    /// Lookups to repeat at `now`: facts other than `Present` older than `missing_ttl`.
+    pub(crate) fn expired(&self, now: Instant) -> Vec<Lookup> {
+        let inner = self.lock();
+        inner
+            .entries
+            .values()
+            .filter(|e| !matches!(e.fact, ImageFact::Present { .. }) && now.duration_since(e.at) >= self.missing_ttl)
+            .filter_map(|e| e.lookup.clone())
+            .collect()
     }
 
     /// Records a fact (from a lookup or a finished build).
@@ -177,16 +189,21 @@ mod tests {
     }
 
     #[test]
-    fn missing_facts_expire_present_ones_stay_until_replaced() {
+    fn missing_facts_are_looked_up_again_present_ones_stay_until_replaced() {
         let cache = ImageCache::new(Duration::from_secs(60));
         let t0 = Instant::now();
-        let (a, b) = (lookup("r/a:1"), lookup("r/b:1"));
+        let (a, b, c) = (lookup("r/a:1"), lookup("r/b:1"), lookup("r/c:1"));
         cache.record(a.key.clone(), present("sha256:aa".into(), None), Some(a.clone()), t0);
         cache.record(b.key.clone(), ImageFact::Missing, Some(b.clone()), t0);
-        assert_eq!(cache.facts(t0 + Duration::from_secs(59)).len(), 2);
+        cache.record(c.key.clone(), ImageFact::Failed { message: "x".into() }, None, t0);
+        assert_eq!(cache.facts(t0 + Duration::from_secs(59)).len(), 3);
+        assert!(cache.expired(t0 + Duration::from_secs(59)).is_empty());
+        // Past missing_ttl: b is due again and still Missing meanwhile; c has no lookup to repeat.
         let later = cache.facts(t0 + Duration::from_secs(61));
-        assert_eq!(later.len(), 1);
+        assert_eq!(later.len(), 2);
         assert_eq!(later.get(&a.key), Some(&present("sha256:aa".into(), None)));
+        assert_eq!(later.get(&b.key), Some(&ImageFact::Missing));
+        assert_eq!(cache.expired(t0 + Duration::from_secs(61)), vec![b.clone()]);
         // After the resync period the present fact is due for a refresh, and still believed meanwhile.
         assert_eq!(cache.stale(Duration::from_secs(300), t0 + Duration::from_secs(301)), vec![a.clone()]);
         assert!(cache.stale(Duration::from_secs(300), t0 + Duration::from_secs(100)).is_empty());

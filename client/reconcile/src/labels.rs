@@ -22,6 +22,10 @@ pub const NODE_PREFIX: &str = "kmm.node.kubernetes.io/";
 pub const ARCH: &str = "kubernetes.io/arch";
 /// Annotation: the hash over every build input of a loader's image.
 pub const INPUTS_HASH: &str = "kforge.io/inputs-hash";
+/// Annotation: a loader's image as its Module names it (by tag, expanded).
+pub const IMAGE: &str = "kforge.io/image";
+/// Annotation: the digest a loader's image is pinned to.
+pub const IMAGE_DIGEST: &str = "kforge.io/image-digest";
 /// Annotation: the hash of the desired DaemonSet (without this annotation).
 pub const SPEC_HASH: &str = "kforge.io/spec-hash";
 /// The value of [`MANAGED_BY`].

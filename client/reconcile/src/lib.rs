@@ -52,7 +52,6 @@ mod testing;
 pub use apply::{FIELD_MANAGER, FINALIZER};
 pub use config::{Backoff, BuilderEndpoint, Config, LeaseConfig, Planner};
 pub use controller::{Controller, run};
-pub use daemonset::spec_hash;
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use plan::plan;

@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -10,7 +12,7 @@ use kforge_kmm::KernelVars;
 use kube::ResourceExt;
 
 use crate::api::{DaemonSetCounts, KernelStatus, Module, ModuleStatus};
-use crate::daemonset::{self, Loader};
+use crate::daemonset::{self, Loader, LoaderHasher};
 use crate::labels;
 use crate::mapping::{self, Mappings, Objects, Sections};
 use crate::nodes::{NodeIndex, NodeSet};
@@ -73,8 +75,9 @@ pub struct Facts {
     pub images: BTreeMap<ImageKey, ImageFact>,
     /// Referenced objects that exist: their data (string keys, binary data as bytes).
     pub objects: BTreeMap<ObjectKey, BTreeMap<String, Vec<u8>>>,
-    /// DaemonSets kforge owns today (from the cluster), by namespace/name.
-    pub daemonsets: BTreeMap<(String, String), DaemonSet>,
+    /// DaemonSets kforge owns today (from the cluster), by namespace/name. Only metadata and status
+    /// are read: the spec-hash annotation stands for the spec.
+    pub daemonsets: BTreeMap<(String, String), Arc<DaemonSet>>,
 }
 
 /// The desired state of the whole cluster.
@@ -82,9 +85,9 @@ pub struct Facts {
 pub struct Plan {
     /// One entry per Module, in input order.
     pub modules: Vec<ModulePlan>,
-    /// The labels kforge manages on each node (kernel label, per-Module ready labels): the whole set
-    /// kforge wants, so a label missing here is removed.
-    pub node_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Changes to the labels kforge manages (kernel label, per-Module ready labels), for the nodes
+    /// whose labels differ from what kforge wants; managed labels it no longer wants are removed.
+    pub node_labels: BTreeMap<String, LabelChanges>,
     /// Images whose facts are unknown: the controller looks them up in their registries.
     pub lookups: Vec<Lookup>,
     /// Builds to start, deduplicated across Modules (one per image and inputs hash).
@@ -93,6 +96,9 @@ pub struct Plan {
     pub garbage: Vec<(String, String)>,
 }
 
+/// Changes to one node's labels: `Some(value)` sets the label, `None` removes it.
+pub type LabelChanges = BTreeMap<String, Option<String>>;
+
 /// One Module's desired state.
 #[derive(Debug, Clone, Default)]
 pub struct ModulePlan {
@@ -100,9 +106,12 @@ pub struct ModulePlan {
     pub namespace: String,
     /// The Module's name.
     pub name: String,
-    /// DaemonSets to apply (module loaders per kernel, then the device plugin), complete objects
-    /// with labels, owner reference and a spec-hash annotation.
+    /// DaemonSets to apply (module loaders per kernel, then the device plugin): those missing from
+    /// the cluster or whose spec-hash annotation differs; complete objects with labels, owner
+    /// reference and the spec-hash annotation.
     pub daemonsets: Vec<DaemonSet>,
+    /// Desired DaemonSets already in the cluster as wanted (not in `daemonsets`).
+    pub unchanged: usize,
     /// The status to write (the controller fills in nothing; counts come from the observed
     /// DaemonSets in [`Facts`]).
     pub status: ModuleStatus,
@@ -232,22 +241,59 @@ pub fn plan(modules: &[Module], nodes: &[NodeFacts], facts: &Facts, now: Time) -
         selections.push(selected);
         ready_labels.push(ready);
     }
-    // Modules by ready label, so each node's labels come out sorted (cheap BTreeMap bulk build).
+    // Modules by ready label: the order of the live labels, for one merge walk per node.
     let mut by_label: Vec<usize> = (0..modules.len()).collect();
     by_label.sort_by(|a, b| ready_labels[*a].cmp(&ready_labels[*b]));
     for (n, node) in nodes.iter().enumerate() {
-        let mut set = vec![(labels::KERNEL_FULL.to_string(), labels::label_value(&node.kernel))];
-        for &m in &by_label {
-            if loaded[m].contains(n) && selections[m].contains(n) {
-                set.push((ready_labels[m].clone(), String::new()));
-            }
+        let wanted = by_label.iter().filter(|&&m| loaded[m].contains(n) && selections[m].contains(n)).map(|&m| ready_labels[m].as_str());
+        let changes = label_changes(node, wanted);
+        if !changes.is_empty() {
+            out.node_labels.insert(node.name.clone(), changes);
         }
-        out.node_labels.insert(node.name.clone(), set.into_iter().collect());
     }
     out.garbage = facts.daemonsets.keys().filter(|k| !shared.claimed.contains(*k)).cloned().collect();
     out.lookups = shared.lookups;
     out.builds = shared.builds;
     out
+}
+
+/// What turns `node`'s managed labels into the kernel label and the `wanted` ready labels (sorted).
+fn label_changes<'a>(node: &NodeFacts, wanted: impl Iterator<Item = &'a str>) -> LabelChanges {
+    let mut changes = LabelChanges::new();
+    let kernel = labels::label_value(&node.kernel);
+    if node.labels.get(labels::KERNEL_FULL) != Some(&kernel) {
+        changes.insert(labels::KERNEL_FULL.to_string(), Some(kernel));
+    }
+    let mut live = node
+        .labels
+        .range::<str, _>((Bound::Included(labels::NODE_PREFIX), Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(labels::NODE_PREFIX))
+        .filter(|(k, _)| labels::is_managed_node_label(k) && k.as_str() != labels::KERNEL_FULL)
+        .peekable();
+    let mut wanted = wanted.peekable();
+    loop {
+        match (live.peek(), wanted.peek()) {
+            (None, None) => break,
+            (Some((k, v)), Some(w)) if k.as_str() == *w => {
+                if !v.is_empty() {
+                    changes.insert(k.to_string(), Some(String::new()));
+                }
+                live.next();
+                wanted.next();
+            }
+            (Some((k, _)), w) if w.is_none_or(|w| k.as_str() < *w) => {
+                changes.insert(k.to_string(), None);
+                live.next();
+            }
+            (_, Some(w)) => {
+                changes.insert(w.to_string(), Some(String::new()));
+                wanted.next();
+            }
+            // Unreachable: (Some, None) is taken by the arm above.
+            (Some(_), None) => break,
+        }
+    }
+    changes
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -280,6 +326,8 @@ fn plan_module(
     }
     let mut objects: Vec<Option<Result<Objects<'_>, Vec<String>>>> = vec![None; container.kernel_mappings.len()];
     let mut daemonsets = Vec::new();
+    let mut unchanged = 0;
+    let mut hasher = LoaderHasher::default();
     let mut kernels = Vec::new();
     let (mut desired_total, mut available_total) = (0, 0);
     for (g, group) in index.groups.iter().enumerate() {
@@ -324,8 +372,11 @@ fn plan_module(
                         ks.message = problems.first().cloned();
                     }
                     Ok(objs) => {
-                        if let Some(ds) = kernel.image(group.kernel, &sections, objs, &mut ks, &mut degraded, &mut progressing, shared) {
-                            daemonsets.push(ds);
+                        if let Some(desired) = kernel.image(group.kernel, &sections, objs, &mut ks, &mut degraded, &mut progressing, shared, &mut hasher) {
+                            match desired {
+                                Desired::Apply(ds) => daemonsets.push(*ds),
+                                Desired::UpToDate => unchanged += 1,
+                            }
                             keep = false;
                             shared.claimed.insert(key.clone());
                         }
@@ -347,8 +398,12 @@ fn plan_module(
             desired_number: observed.map_or(0, |s| s.desired_number_scheduled),
             available_number: observed.and_then(|s| s.number_available).unwrap_or(0),
         });
+        if up_to_date(shared.facts, &key, &ds) {
+            unchanged += 1;
+        } else {
+            daemonsets.push(ds);
+        }
         shared.claimed.insert(key);
-        daemonsets.push(ds);
     }
     let previous = module.status.as_ref().map_or(&[][..], |s| s.conditions.as_slice());
     let outcome = Outcome { degraded: &degraded, progressing: &progressing, available: available_total, desired: desired_total };
@@ -363,7 +418,19 @@ fn plan_module(
         },
         device_plugin,
     };
-    ModulePlan { namespace: ns.to_string(), name, daemonsets, status }
+    ModulePlan { namespace: ns.to_string(), name, daemonsets, unchanged, status }
+}
+
+/// Whether the cluster's DaemonSet `key` carries `desired`'s spec hash.
+fn up_to_date(facts: &Facts, key: &(String, String), desired: &DaemonSet) -> bool {
+    let hash = |d: &DaemonSet| d.metadata.annotations.as_ref().and_then(|a| a.get(labels::SPEC_HASH)).cloned();
+    facts.daemonsets.get(key).is_some_and(|live| hash(live).is_some() && hash(live) == hash(desired))
+}
+
+/// A desired DaemonSet: to apply, or already as wanted.
+enum Desired {
+    Apply(Box<DaemonSet>),
+    UpToDate,
 }
 
 /// One (Module, kernel group) being planned.
@@ -390,7 +457,8 @@ impl Kernel<'_> {
         degraded: &mut Findings,
         progressing: &mut Findings,
         shared: &mut Shared<'_>,
-    ) -> Option<DaemonSet> {
+        hasher: &mut LoaderHasher,
+    ) -> Option<Desired> {
         let vars = KernelVars::new(kernel, self.name, self.ns);
         let r = match mapping::resolve(&vars, self.group_arch, sections, objs) {
             Ok(r) => r,
@@ -426,16 +494,20 @@ impl Kernel<'_> {
                 }
             }
         };
-        match shared.facts.images.get(&image_key) {
+        let known = shared.facts.images.get(&image_key);
+        // Unknown (a restarted controller): what the running loader says stands until the lookup
+        // answers, so a restart changes nothing in a steady cluster.
+        let pinned = if known.is_none() { self.pinned(shared.facts, &r.image) } else { None };
+        if known.is_none() && shared.lookup_keys.insert(image_key.clone()) {
+            shared.lookups.push(Lookup {
+                key: image_key,
+                module: (self.ns.to_string(), self.name.to_string()),
+                pull_secret: self.module.spec.image_repo_secret.as_ref().map(|s| s.name.clone()),
+                tls: sections.tls.cloned().unwrap_or_default(),
+            });
+        }
+        match known.or(pinned.as_ref()) {
             None => {
-                if shared.lookup_keys.insert(image_key.clone()) {
-                    shared.lookups.push(Lookup {
-                        key: image_key,
-                        module: (self.ns.to_string(), self.name.to_string()),
-                        pull_secret: self.module.spec.image_repo_secret.as_ref().map(|s| s.name.clone()),
-                        tls: sections.tls.cloned().unwrap_or_default(),
-                    });
-                }
                 ks.build = state::LOOKING_UP.into();
                 progressing.add("LookingUp", format!("looking up image {} for kernel {kernel}", r.image));
                 None
@@ -477,17 +549,36 @@ impl Kernel<'_> {
                 }
                 ks.build = state::PRESENT.into();
                 ks.digest = Some(digest.clone());
-                Some(daemonset::loader(Loader {
+                let image = pin(&r.image, digest);
+                let loader = Loader {
+                    tag: &r.image,
+                    digest,
                     module: self.module,
-                    name: self.key.1.clone(),
+                    name: &self.key.1,
                     kernel_hash: &self.names.hash,
                     kernel_label: &self.names.label,
                     arch: self.split.then_some(self.group_arch),
-                    image: pin(&r.image, digest),
+                    image: &image,
                     inputs_hash: r.inputs_hash.as_deref(),
-                }))
+                };
+                let hash = hasher.hash(&loader);
+                let live = shared.facts.daemonsets.get(self.key).and_then(|d| d.metadata.annotations.as_ref()?.get(labels::SPEC_HASH));
+                if live == Some(&hash) {
+                    return Some(Desired::UpToDate);
+                }
+                Some(Desired::Apply(Box::new(daemonset::loader(&loader, hash))))
             }
         }
+    }
+}
+
+impl Kernel<'_> {
+    /// The fact the running loader of this kernel records about `image`, if it runs that image.
+    fn pinned(&self, facts: &Facts, image: &str) -> Option<ImageFact> {
+        let annotations = facts.daemonsets.get(self.key)?.metadata.annotations.as_ref()?;
+        let digest = annotations.get(labels::IMAGE_DIGEST).filter(|d| !d.is_empty())?;
+        (annotations.get(labels::IMAGE).map(String::as_str) == Some(image))
+            .then(|| ImageFact::Present { digest: digest.clone(), inputs_hash: annotations.get(labels::INPUTS_HASH).cloned() })
     }
 }
 

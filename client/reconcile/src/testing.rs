@@ -179,11 +179,14 @@ impl Facts {
         self
     }
 
-    /// The plan's DaemonSets as observed ones (steady state).
+    /// The plan's DaemonSets as observed ones (steady state), slimmed as the controller stores them.
     pub(crate) fn observed(mut self, plan: &Plan) -> Self {
         for m in &plan.modules {
             for ds in &m.daemonsets {
-                self.daemonsets.insert((m.namespace.clone(), ds.metadata.name.clone().unwrap_or_default()), ds.clone());
+                // As the controller's store keeps them.
+                let mut ds = ds.clone();
+                crate::facts::slim_daemonset(&mut ds);
+                self.daemonsets.insert((m.namespace.clone(), ds.metadata.name.clone().unwrap_or_default()), ds.into());
             }
         }
         self

@@ -133,7 +133,7 @@ fn add_object(doc: Value, path: &Path, inputs: &mut Inputs) -> anyhow::Result<()
             let ds: DaemonSet = serde_json::from_value(doc).with_context(what)?;
             if facts::managed(&ds.metadata) {
                 let key = (ds.metadata.namespace.clone().unwrap_or_default(), ds.metadata.name.clone().unwrap_or_default());
-                inputs.facts.daemonsets.insert(key, ds);
+                inputs.facts.daemonsets.insert(key, ds.into());
             }
         }
         other => anyhow::bail!("{}: kforge plan reads Modules, Nodes, ConfigMaps, Secrets and DaemonSets, not {other:?}", path.display()),
@@ -141,7 +141,7 @@ fn add_object(doc: Value, path: &Path, inputs: &mut Inputs) -> anyhow::Result<()
     Ok(())
 }
 
-/// The DaemonSets as documents on stdout; builds, look-ups, garbage and conditions on stderr.
+/// The DaemonSets to apply (new or changed) as documents on stdout; builds, look-ups, garbage and conditions on stderr.
 fn print_plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut docs = Vec::new();
@@ -158,6 +158,9 @@ fn print_plan(plan: &Plan, json: bool) -> anyhow::Result<()> {
     }
     for module in &plan.modules {
         eprintln!("Module {}/{}:", module.namespace, module.name);
+        if module.unchanged > 0 {
+            eprintln!("  {} DaemonSet(s) already as wanted", module.unchanged);
+        }
         for c in &module.status.conditions {
             eprintln!("  {}={} ({}) {}", c.type_, c.status, c.reason, c.message);
         }

@@ -143,10 +143,11 @@ fn daemonset(name: &str, hash: &str) -> DaemonSet {
     }
 }
 
-fn plan(daemonsets: Vec<DaemonSet>, status: ModuleStatus, labels: &[(&str, &str)]) -> Plan {
+/// A plan with one Module and label changes on node n1.
+fn plan(daemonsets: Vec<DaemonSet>, status: ModuleStatus, labels: &[(&str, Option<&str>)]) -> Plan {
     Plan {
-        modules: vec![ModulePlan { namespace: "kmm".into(), name: "m".into(), daemonsets, status }],
-        node_labels: BTreeMap::from([("n1".to_string(), labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())]),
+        modules: vec![ModulePlan { namespace: "kmm".into(), name: "m".into(), daemonsets, unchanged: 0, status }],
+        node_labels: BTreeMap::from([("n1".to_string(), labels.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect())]),
         ..Default::default()
     }
 }
@@ -156,7 +157,8 @@ fn steady(rig: &mut Rig) {
     rig.w.module(&module(true, Some(status("Present"))));
     rig.w.node(&node(&[("kubernetes.io/hostname", "n1"), (KERNEL_LABEL, "6.1.0-1"), (READY, "")]));
     rig.w.daemonset(&daemonset("m-loader-6-1-0-1", "h1"));
-    set_plan(plan(vec![daemonset("m-loader-6-1-0-1", "h1")], status("Present"), &[(KERNEL_LABEL, "6.1.0-1"), (READY, "")]));
+    // Label changes the node already shows: nothing to send.
+    set_plan(plan(vec![daemonset("m-loader-6-1-0-1", "h1")], status("Present"), &[(KERNEL_LABEL, Some("6.1.0-1")), (READY, Some(""))]));
 }
 
 /// What a request must look like.
@@ -344,6 +346,9 @@ async fn node_labels_are_patched_with_only_the_difference() {
     let mut rig = rig();
     steady(&mut rig);
     rig.w.node(&node(&[("kubernetes.io/hostname", "n1"), (KERNEL_LABEL, "6.0.0"), (READY, ""), ("kmm.node.kubernetes.io/kmm.gone.ready", "")]));
+    let changes =
+        [(KERNEL_LABEL, Some("6.1.0-1")), (READY, Some("")), ("kmm.node.kubernetes.io/kmm.gone.ready", None), ("kmm.node.kubernetes.io/kmm.never.ready", None)];
+    set_plan(plan(vec![daemonset("m-loader-6-1-0-1", "h1")], status("Present"), &changes));
     pass_with(
         &mut rig,
         vec![
@@ -413,7 +418,7 @@ async fn deletion_removes_daemonsets_then_labels_then_the_finalizer() {
     let ds = daemonset("m-loader-6-1-0-1", "h1");
     // The planner no longer sees the Module: it lists its DaemonSet as garbage and drops its label.
     set_plan(Plan {
-        node_labels: BTreeMap::from([("n1".to_string(), BTreeMap::from([(KERNEL_LABEL.to_string(), "6.1.0-1".to_string())]))]),
+        node_labels: BTreeMap::from([("n1".to_string(), BTreeMap::from([(READY.to_string(), None)]))]),
         garbage: vec![("kmm".into(), "m-loader-6-1-0-1".into())],
         ..Default::default()
     });
@@ -431,10 +436,7 @@ async fn deletion_removes_daemonsets_then_labels_then_the_finalizer() {
     .await;
     // The watches show the DaemonSet gone and the label removed: only the finalizer is left to remove.
     rig.w.delete_daemonset(&ds);
-    set_plan(Plan {
-        node_labels: BTreeMap::from([("n1".to_string(), BTreeMap::from([(KERNEL_LABEL.to_string(), "6.1.0-1".to_string())]))]),
-        ..Default::default()
-    });
+    set_plan(Plan::default());
     rig.w.node(&node(&[(KERNEL_LABEL, "6.1.0-1")]));
     pass_with(
         &mut rig,
@@ -454,7 +456,7 @@ async fn a_failed_watch_reconnects() {
     let writer: Writer<Node> = Writer::default();
     let store = writer.as_reader();
     let (tx, mut rx) = mpsc::channel(16);
-    let task = tokio::spawn(watch_into(Api::<Node>::all(client), watcher::Config::default(), writer, tx));
+    let task = tokio::spawn(watch_into(Api::<Node>::all(client), watcher::Config::default(), crate::facts::slim_node, writer, tx));
     let (req, send) = api.next_request().await.expect("list");
     assert_eq!(req.uri().path(), "/api/v1/nodes");
     send.send_response(
@@ -546,7 +548,13 @@ async fn run_controller(leader_election: bool, lease_holder: &'static str) -> (M
     let server = tokio::spawn(cluster(api, lease_holder, std::sync::Arc::clone(&writes)));
     // Whatever the cluster holds, the (fake) planner wants one DaemonSet.
     set_plan(Plan {
-        modules: vec![ModulePlan { namespace: "kmm".into(), name: "m".into(), daemonsets: vec![daemonset("m-loader", "h1")], status: status("Present") }],
+        modules: vec![ModulePlan {
+            namespace: "kmm".into(),
+            name: "m".into(),
+            daemonsets: vec![daemonset("m-loader", "h1")],
+            unchanged: 0,
+            status: status("Present"),
+        }],
         ..Default::default()
     });
     let mut config = Config::new(fake_planner);

@@ -146,7 +146,7 @@ fn a_kernel_without_mapping_is_reported_and_others_proceed() {
     let mut facts = Facts::default().present("reg/m:1", D1);
     // A loader that served K2 under an older mapping is collected.
     let old = labels::loader_name("m", &labels::kernel_hash(K2, None));
-    facts.daemonsets.insert(("ns".into(), old.clone()), DaemonSet::default());
+    facts.daemonsets.insert(("ns".into(), old.clone()), Default::default());
     let p = run(&[m], &nodes, &facts);
     let mp = &p.modules[0];
     assert_eq!(mp.daemonsets.len(), 1);
@@ -390,7 +390,7 @@ fn the_device_plugin_runs_where_the_module_is_ready() {
     let nodes = [NodeFacts::test("n1", K1).label("gpu", "yes").loaded("gpu/nv")];
     let mut facts = Facts::default().present("reg/m:1", D1).secret("gpu", "pull", &[(".dockerconfigjson", "{}")]);
     let status = DaemonSetStatus { desired_number_scheduled: 1, number_available: Some(1), ..Default::default() };
-    facts.daemonsets.insert(("gpu".into(), "nv-device-plugin".into()), DaemonSet { status: Some(status), ..Default::default() });
+    facts.daemonsets.insert(("gpu".into(), "nv-device-plugin".into()), Arc::new(DaemonSet { status: Some(status), ..Default::default() }));
     let p = run(&[m], &nodes, &facts);
     let dp = p.modules[0].daemonsets.iter().find(|d| d.metadata.name.as_deref() == Some("nv-device-plugin")).expect("device plugin");
     assert_eq!(dp.metadata.labels.as_ref().map(|l| l[labels::COMPONENT].as_str()), Some("device-plugin"));
@@ -486,7 +486,7 @@ fn garbage_collection_decisions() {
     for c in cases {
         let mut facts = c.facts;
         for key in &c.existing {
-            facts.daemonsets.insert(key.clone(), DaemonSet::default());
+            facts.daemonsets.insert(key.clone(), Default::default());
         }
         let p = run(&[c.module], &c.nodes, &facts);
         assert_eq!(p.garbage, c.garbage, "{}", c.what);
@@ -511,7 +511,8 @@ fn rebuilds_follow_the_inputs_hash() {
     let steady = facts.clone().observed(&first);
     let again = run(&[build_module("ns", "m")], &nodes, &steady);
     assert!(again.builds.is_empty());
-    assert_eq!(again.modules[0].daemonsets, first.modules[0].daemonsets);
+    assert!(again.modules[0].daemonsets.is_empty(), "nothing to apply");
+    assert_eq!(again.modules[0].unchanged, 1);
     // The Dockerfile changes: one build, the existing loader is kept meanwhile.
     let changed = steady.clone().dockerfile("ns", "df", "FROM b");
     let p = run(&[build_module("ns", "m")], &nodes, &changed);
@@ -584,18 +585,31 @@ fn image_facts_decide_the_kernel_state() {
 }
 
 #[test]
-fn node_labels_are_the_whole_managed_set() {
+fn node_labels_change_only_where_they_differ() {
     let modules = [Module::test("ns", "a").literal(K1, "reg/a:1").select("pool", "x"), Module::test("ns", "b").literal(K1, "reg/b:1")];
+    let (a, b, gone) = ("kmm.node.kubernetes.io/ns.a.ready", "kmm.node.kubernetes.io/ns.b.ready", "kmm.node.kubernetes.io/ns.gone.ready");
     let nodes = [
+        // Unlabelled: the kernel label and both ready labels are added.
         NodeFacts::test("n1", K1).label("pool", "x").loaded("ns/a").loaded("ns/b"),
-        // Loaded but no longer selected; and a Module that no longer exists.
-        NodeFacts::test("n2", "5.14.0+rt").loaded("ns/a").loaded("ns/gone"),
+        // Loaded but no longer selected, a Module that no longer exists, an old kernel label, a
+        // ready label with a value, a label kforge does not manage.
+        NodeFacts::test("n2", "5.14.0+rt")
+            .label(labels::KERNEL_FULL, "5.14.0_old")
+            .label(a, "")
+            .label(b, "x")
+            .label(gone, "")
+            .label("kmm.node.kubernetes.io/other", "keep")
+            .loaded("ns/a")
+            .loaded("ns/b")
+            .loaded("ns/gone"),
+        // Already as wanted: no change.
+        NodeFacts::test("n3", K1).label(labels::KERNEL_FULL, K1).label(b, "").loaded("ns/b"),
     ];
     let p = run(&modules, &nodes, &Facts::default());
-    let n1: Vec<_> = p.node_labels["n1"].iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    assert_eq!(n1, [(labels::KERNEL_FULL, K1), ("kmm.node.kubernetes.io/ns.a.ready", ""), ("kmm.node.kubernetes.io/ns.b.ready", "")]);
-    let n2: Vec<_> = p.node_labels["n2"].iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    assert_eq!(n2, [(labels::KERNEL_FULL, "5.14.0_rt")]);
+    let changes = |node: &str| -> Vec<(&str, Option<&str>)> { p.node_labels[node].iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect() };
+    assert_eq!(changes("n1"), [(labels::KERNEL_FULL, Some(K1)), (a, Some("")), (b, Some(""))]);
+    assert_eq!(changes("n2"), [(labels::KERNEL_FULL, Some("5.14.0_rt")), (a, None), (b, Some("")), (gone, None)]);
+    assert!(!p.node_labels.contains_key("n3"), "{:?}", p.node_labels.get("n3"));
 }
 
 #[test]
@@ -604,20 +618,47 @@ fn the_spec_hash_is_stable_and_follows_the_spec() {
     let hash = |m: Module| {
         let p = run(&[m], &nodes, &loader_facts());
         let ds = &p.modules[0].daemonsets[0];
-        let h = ds.metadata.annotations.as_ref().map(|a| a[labels::SPEC_HASH].clone()).expect("spec hash");
-        assert_eq!(h, crate::spec_hash(ds), "recomputed from the object");
-        h
+        ds.metadata.annotations.as_ref().map(|a| a[labels::SPEC_HASH].clone()).expect("spec hash")
     };
     let h = hash(loader_module());
     assert_eq!(h, hash(loader_module()));
     assert_ne!(h, hash(loader_module().tolerate("other")));
     assert_ne!(h, hash(loader_module().modprobe(|m| m.parameters.clear())));
     assert_ne!(h, hash(loader_module().with(|m| m.spec.module_loader.service_account_name = None)));
-    // Steady state: the fed-back DaemonSets carry the same hashes.
+    // Steady state: the fed-back DaemonSets carry the same hashes, so nothing is applied.
     let p = run(&[loader_module()], &nodes, &loader_facts());
     let again = run(&[loader_module()], &nodes, &loader_facts().observed(&p));
-    assert_eq!(p.modules[0].daemonsets, again.modules[0].daemonsets);
+    assert!(again.modules[0].daemonsets.is_empty());
+    assert_eq!(again.modules[0].unchanged, p.modules[0].daemonsets.len());
     assert!(again.garbage.is_empty());
+    // A changed spec is applied again.
+    let changed = run(&[loader_module().tolerate("other")], &nodes, &loader_facts().observed(&p));
+    assert_eq!(changed.modules[0].daemonsets.len(), 1);
+}
+
+#[test]
+fn a_restarted_controller_trusts_the_running_loaders_until_lookups_answer() {
+    let nodes = [NodeFacts::test("n1", K1).label("gpu", "yes").loaded("gpu/nv")];
+    let before = run(&[loader_module()], &nodes, &loader_facts());
+    let ds = &before.modules[0].daemonsets[0];
+    let annotations = ds.metadata.annotations.as_ref().expect("annotations");
+    assert_eq!((annotations[labels::IMAGE].as_str(), annotations[labels::IMAGE_DIGEST].as_str()), (format!("quay.io/org/nv:{K1}").as_str(), D1));
+    // No image facts yet (a fresh cache), the loader in the cluster: nothing changes, one lookup.
+    let mut restarted = loader_facts().observed(&before);
+    restarted.images.clear();
+    let p = run(&[loader_module()], &nodes, &restarted);
+    assert!(p.modules[0].daemonsets.is_empty(), "nothing to apply");
+    assert_eq!(p.modules[0].status, before.modules[0].status);
+    assert!(p.garbage.is_empty() && p.builds.is_empty());
+    assert_eq!(p.lookups.iter().map(|l| l.key.0.clone()).collect::<Vec<_>>(), [format!("quay.io/org/nv:{K1}")]);
+    // The lookup says the tag moved: the loader follows.
+    let moved = restarted.clone().present(&format!("quay.io/org/nv:{K1}"), D2);
+    let p = run(&[loader_module()], &nodes, &moved);
+    assert_eq!(image_of(&p.modules[0].daemonsets[0]), format!("quay.io/org/nv@{D2}"));
+    // A loader running another image (the Module changed) is no evidence about this one.
+    let other = loader_module().with(|m| m.spec.module_loader.container.kernel_mappings[0].container_image = Some("quay.io/org/other:1".into()));
+    let other = run(&[other], &nodes, &restarted);
+    assert_eq!(other.modules[0].status.kernels[0].build, state::LOOKING_UP);
 }
 
 #[test]
