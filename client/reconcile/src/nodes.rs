@@ -86,14 +86,20 @@ pub(crate) struct NodeIndex<'n> {
 impl<'n> NodeIndex<'n> {
     /// Indexes `nodes`; only the label pairs some selector in `selectors` asks for are indexed.
     pub(crate) fn new<'s>(nodes: &'n [NodeFacts], selectors: impl IntoIterator<Item = &'s BTreeMap<String, String>>) -> Self {
-        let wanted: HashSet<(&str, &str)> = selectors.into_iter().flat_map(|s| s.iter().map(|(k, v)| (k.as_str(), v.as_str()))).collect();
+        // By key: each node is asked for the few selector keys, not scanned label by label.
+        let mut wanted: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+        for (k, v) in selectors.into_iter().flatten() {
+            wanted.entry(k.as_str()).or_default().insert(v.as_str());
+        }
         let n = nodes.len();
         let mut groups: BTreeMap<(&str, &str), NodeSet> = BTreeMap::new();
         let mut labels: HashMap<(&str, &str), NodeSet> = HashMap::new();
         for (i, node) in nodes.iter().enumerate() {
             groups.entry((node.kernel.as_str(), node.architecture.as_str())).or_insert_with(|| NodeSet::empty(n)).insert(i);
-            for (k, v) in node.labels.iter().filter(|(k, v)| wanted.contains(&(k.as_str(), v.as_str()))) {
-                labels.entry((k.as_str(), v.as_str())).or_insert_with(|| NodeSet::empty(n)).insert(i);
+            for (key, values) in &wanted {
+                if let Some((k, v)) = node.labels.get_key_value(*key).filter(|(_, v)| values.contains(v.as_str())) {
+                    labels.entry((k.as_str(), v.as_str())).or_insert_with(|| NodeSet::empty(n)).insert(i);
+                }
             }
         }
         let mut arches: HashMap<&str, usize> = HashMap::new();
