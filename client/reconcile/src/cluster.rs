@@ -1,17 +1,18 @@
 //! What the controller sees of the cluster: reflector stores, and the planner's inputs built
 //! from them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
 use crate::api::Module;
 use crate::labels;
 use crate::plan::{NodeFacts, ObjectKey};
+use crate::pods::{LoaderPod, LoaderPods};
 
 /// The reflector stores a pass reads.
 #[derive(Clone)]
@@ -22,8 +23,8 @@ pub struct Stores {
     pub nodes: Store<Node>,
     /// DaemonSets labelled managed-by kforge.
     pub daemonsets: Store<DaemonSet>,
-    /// Module-loader pods.
-    pub pods: Store<Pod>,
+    /// Module-loader pods (compact).
+    pub pods: LoaderPods,
     /// ConfigMaps (Dockerfiles).
     pub configmaps: Store<ConfigMap>,
     /// Secrets (pull secrets, build secrets, signing keys).
@@ -40,20 +41,20 @@ impl Stores {
 
     /// The planner's view of every node.
     pub(crate) fn node_facts(&self) -> Vec<NodeFacts> {
-        let mut loaded: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for pod in self.pods.state() {
-            let (Some(node), true) = (pod.spec.as_ref().and_then(|s| s.node_name.clone()), pod_ready(&pod)) else { continue };
-            if let Some(module) = self.pod_module(&pod) {
-                loaded.entry(node).or_default().insert(format!("{}/{module}", pod.namespace().unwrap_or_default()));
+        let owners = self.daemonset_modules();
+        let mut loaded: HashMap<Arc<str>, BTreeSet<String>> = HashMap::new();
+        self.pods.each(|ns, pod| {
+            if let (true, false, Some(module)) = (pod.ready, pod.node.is_empty(), pod_module(pod, ns, &owners)) {
+                loaded.entry(Arc::clone(&pod.node)).or_default().insert(format!("{ns}/{module}"));
             }
-        }
+        });
         let mut nodes: Vec<NodeFacts> = self
             .nodes
             .state()
             .iter()
             .map(|n| {
                 let mut facts = crate::facts::node(n);
-                facts.loaded = loaded.remove(&facts.name).unwrap_or_default();
+                facts.loaded = loaded.remove(facts.name.as_str()).unwrap_or_default();
                 facts
             })
             .collect();
@@ -61,14 +62,13 @@ impl Stores {
         nodes
     }
 
-    /// The Module a loader pod belongs to: its own label, else its DaemonSet's.
-    fn pod_module(&self, pod: &Pod) -> Option<String> {
-        if let Some(m) = pod.labels().get(labels::MODULE_NAME) {
-            return Some(m.clone());
-        }
-        let owner = pod.owner_references().iter().find(|o| o.kind == "DaemonSet")?;
-        let ds = self.daemonsets.find(|d| d.name_any() == owner.name && d.namespace() == pod.namespace())?;
-        ds.labels().get(labels::MODULE_NAME).cloned()
+    /// The Module label of every kforge DaemonSet, by (namespace, name).
+    fn daemonset_modules(&self) -> HashMap<(String, String), String> {
+        self.daemonsets
+            .state()
+            .iter()
+            .filter_map(|d| Some(((d.namespace().unwrap_or_default(), d.name_any()), d.labels().get(labels::MODULE_NAME)?.clone())))
+            .collect()
     }
 
     /// Data of the ConfigMaps and Secrets in namespaces holding a Module.
@@ -113,18 +113,25 @@ impl Stores {
     /// Whether any loader pod of Module `namespace/name` is still there.
     pub(crate) fn module_has_pods(&self, module: &Module) -> bool {
         let name = module.name_any();
-        self.pods.state().iter().any(|p| p.namespace() == module.namespace() && self.pod_module(p).as_deref() == Some(name.as_str()))
+        let ns = module.namespace().unwrap_or_default();
+        let owners = self.daemonset_modules();
+        self.pods.any(|pod_ns, p| pod_ns == ns && pod_module(p, pod_ns, &owners) == Some(name.as_str()))
     }
 }
 
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+/// The Module a loader pod belongs to: its own label, else its DaemonSet's.
+fn pod_module<'a>(pod: &'a LoaderPod, ns: &str, owners: &'a HashMap<(String, String), String>) -> Option<&'a str> {
+    if let Some(m) = &pod.module {
+        return Some(m);
+    }
+    let owner = pod.owner.as_deref()?;
+    owners.get(&(ns.to_string(), owner.to_string())).map(String::as_str)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeStatus, NodeSystemInfo, PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::api::core::v1::{NodeStatus, NodeSystemInfo, Pod, PodCondition, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use kube::runtime::reflector::store::Writer;
     use kube::runtime::watcher::Event;
@@ -160,13 +167,13 @@ mod tests {
     #[test]
     fn a_node_has_a_module_loaded_when_its_loader_pod_is_ready() {
         let mut nodes = Writer::default();
-        let mut pods = Writer::default();
+        let pods = LoaderPods::default();
         let mut daemonsets = Writer::default();
         let stores = Stores {
             modules: Writer::default().as_reader(),
             nodes: nodes.as_reader(),
             daemonsets: daemonsets.as_reader(),
-            pods: pods.as_reader(),
+            pods: pods.clone(),
             configmaps: Writer::default().as_reader(),
             secrets: Writer::default().as_reader(),
         };
@@ -183,10 +190,10 @@ mod tests {
             ..Default::default()
         };
         daemonsets.apply_watcher_event(&Event::Apply(ds));
-        pods.apply_watcher_event(&Event::Apply(pod("a", "n1", true, true)));
+        pods.apply(Event::Apply(pod("a", "n1", true, true)));
         // No label of its own: the module comes from its DaemonSet.
-        pods.apply_watcher_event(&Event::Apply(pod("b", "n2", true, false)));
-        pods.apply_watcher_event(&Event::Apply(pod("c", "n3", false, true)));
+        pods.apply(Event::Apply(pod("b", "n2", true, false)));
+        pods.apply(Event::Apply(pod("c", "n3", false, true)));
         let facts = stores.node_facts();
         let loaded: Vec<(String, Vec<String>)> = facts.iter().map(|n| (n.name.clone(), n.loaded.iter().cloned().collect())).collect();
         assert_eq!(loaded, vec![("n1".into(), vec!["kmm/m".to_string()]), ("n2".into(), vec!["kmm/m".to_string()]), ("n3".into(), vec![])]);

@@ -27,6 +27,7 @@ use crate::labels::{self, ready_label};
 use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::plan::{Facts, Plan};
+use crate::pods::LoaderPods;
 
 /// Room for wake-ups; when full, a pass is pending anyway.
 const TRIGGER_CAPACITY: usize = 64;
@@ -144,6 +145,24 @@ where
 /// Stores an object whole (but for managed fields).
 fn whole<K>(_: &mut K) {}
 
+/// Keeps `pods` in step with the loader pods, as [`watch_into`] does for stores.
+async fn watch_pods(api: Api<Pod>, cfg: watcher::Config, pods: LoaderPods, trigger: mpsc::Sender<()>) {
+    let stream = watcher(api, cfg).default_backoff();
+    tokio::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                let change = matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone);
+                pods.apply(event);
+                if change {
+                    let _ = trigger.try_send(());
+                }
+            }
+            Err(e) => tracing::warn!(kind = "Pod", error = %e, "watch failed; reconnecting"),
+        }
+    }
+}
+
 fn start_watches(client: &Client, trigger: mpsc::Sender<()>) -> (Stores, Vec<tokio::task::JoinHandle<()>>) {
     fn spawn<K>(
         api: Api<K>,
@@ -174,7 +193,12 @@ fn start_watches(client: &Client, trigger: mpsc::Sender<()>) -> (Stores, Vec<tok
             t,
             &mut tasks,
         ),
-        pods: spawn(Api::<Pod>::all(client.clone()), all.clone().labels(&format!("{}={}", labels::COMPONENT, labels::LOADER)), whole, t, &mut tasks),
+        pods: {
+            let pods = LoaderPods::default();
+            let cfg = all.clone().labels(&format!("{}={}", labels::COMPONENT, labels::LOADER));
+            tasks.push(tokio::spawn(watch_pods(Api::<Pod>::all(client.clone()), cfg, pods.clone(), trigger.clone())));
+            pods
+        },
         configmaps: spawn(Api::<ConfigMap>::all(client.clone()), all.clone(), whole, t, &mut tasks),
         // Service-account tokens are many and never referenced by a Module.
         secrets: spawn(Api::<Secret>::all(client.clone()), all.fields("type!=kubernetes.io/service-account-token"), whole, t, &mut tasks),
@@ -183,12 +207,15 @@ fn start_watches(client: &Client, trigger: mpsc::Sender<()>) -> (Stores, Vec<tok
 }
 
 async fn wait_ready(s: &Stores) -> bool {
-    s.modules.wait_until_ready().await.is_ok()
+    let stores = s.modules.wait_until_ready().await.is_ok()
         && s.nodes.wait_until_ready().await.is_ok()
         && s.daemonsets.wait_until_ready().await.is_ok()
-        && s.pods.wait_until_ready().await.is_ok()
         && s.configmaps.wait_until_ready().await.is_ok()
-        && s.secrets.wait_until_ready().await.is_ok()
+        && s.secrets.wait_until_ready().await.is_ok();
+    if stores {
+        s.pods.wait_until_ready().await;
+    }
+    stores
 }
 
 /// One pass's machinery: stores in, writes out.

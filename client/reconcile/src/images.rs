@@ -228,7 +228,7 @@ mod tests {
             modules: Writer::default().as_reader(),
             nodes: Writer::default().as_reader(),
             daemonsets: Writer::default().as_reader(),
-            pods: Writer::default().as_reader(),
+            pods: Default::default(),
             configmaps: Writer::default().as_reader(),
             secrets: secrets.as_reader(),
         };
@@ -297,7 +297,7 @@ mod tests {
             modules: Writer::default().as_reader(),
             nodes: Writer::default().as_reader(),
             daemonsets: Writer::default().as_reader(),
-            pods: Writer::default().as_reader(),
+            pods: Default::default(),
             configmaps: Writer::default().as_reader(),
             secrets: Writer::default().as_reader(),
         };

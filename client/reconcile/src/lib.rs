@@ -45,6 +45,7 @@ mod leader;
 mod mapping;
 mod metrics;
 mod nodes;
+mod pods;
 mod status;
 #[cfg(test)]
 mod testing;

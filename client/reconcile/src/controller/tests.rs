@@ -69,14 +69,13 @@ fn rig() -> Rig {
     let modules = Writer::default();
     let nodes = Writer::default();
     let daemonsets = Writer::default();
-    let pods = Writer::default();
     let configmaps = Writer::default();
     let secrets = Writer::default();
     let stores = Stores {
         modules: modules.as_reader(),
         nodes: nodes.as_reader(),
         daemonsets: daemonsets.as_reader(),
-        pods: pods.as_reader(),
+        pods: Default::default(),
         configmaps: configmaps.as_reader(),
         secrets: secrets.as_reader(),
     };
