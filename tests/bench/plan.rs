@@ -54,16 +54,21 @@ fn main() {
         }
     }
     for node in &mut nodes {
-        node.labels.insert(KERNEL_FULL.to_string(), label_value(&node.kernel));
+        node.labels.to_mut().insert(KERNEL_FULL.to_string(), label_value(&node.kernel));
     }
     // Every module is loaded where it is selected, and the nodes carry its ready label.
+    // (The controller shares one `namespace/name` per Module between nodes.)
+    let ids: Vec<Arc<str>> = modules
+        .iter()
+        .map(|m| Arc::from(format!("{}/{}", m.metadata.namespace.as_deref().unwrap_or_default(), m.metadata.name.as_deref().unwrap_or_default())))
+        .collect();
     for node in &mut nodes {
-        for m in &modules {
+        for (m, id) in modules.iter().zip(&ids) {
             if m.spec.selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
                 let ns = m.metadata.namespace.as_deref().unwrap_or_default();
                 let name = m.metadata.name.as_deref().unwrap_or_default();
-                node.loaded.insert(format!("{ns}/{name}"));
-                node.labels.insert(ready_label(ns, name), String::new());
+                node.loaded.insert(Arc::clone(id));
+                node.labels.to_mut().insert(ready_label(ns, name), String::new());
             }
         }
     }

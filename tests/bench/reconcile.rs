@@ -75,14 +75,14 @@ fn modules(host: &str) -> Vec<Module> {
 }
 
 /// Node `i` as kforge leaves it: kernel label and the ready label of every Module selecting it.
-fn labelled(i: usize, modules: &[Module]) -> NodeFacts {
+fn labelled(i: usize, modules: &[Module]) -> NodeFacts<'static> {
     let mut n = node(i);
-    n.labels.insert(KERNEL_FULL.to_string(), label_value(&n.kernel));
+    n.labels.to_mut().insert(KERNEL_FULL.to_string(), label_value(&n.kernel));
     let selecting: Vec<&Module> = modules.iter().filter(|m| selects(m, &n.labels)).collect();
     for m in selecting {
         let (ns, name) = (m.metadata.namespace.clone().unwrap_or_default(), m.metadata.name.clone().unwrap_or_default());
-        n.loaded.insert(format!("{ns}/{name}"));
-        n.labels.insert(ready_label(&ns, &name), String::new());
+        n.loaded.insert(format!("{ns}/{name}").into());
+        n.labels.to_mut().insert(ready_label(&ns, &name), String::new());
     }
     n
 }
@@ -214,7 +214,7 @@ impl Cluster {
     fn node(&self, i: usize) -> Value {
         let n = labelled(i, &self.modules);
         let node = Node {
-            metadata: ObjectMeta { name: Some(n.name), labels: Some(n.labels), resource_version: Some("1".into()), ..Default::default() },
+            metadata: ObjectMeta { name: Some(n.name), labels: Some(n.labels.into_owned()), resource_version: Some("1".into()), ..Default::default() },
             status: Some(NodeStatus {
                 node_info: Some(NodeSystemInfo {
                     kernel_version: n.kernel,
@@ -298,7 +298,7 @@ impl Cluster {
                 while at < NODES * MODULES && items.len() < limit {
                     let (i, m) = (at / MODULES, at % MODULES);
                     if labels.0 != i {
-                        labels = (i, node(i).labels);
+                        labels = (i, node(i).labels.into_owned());
                     }
                     if selects(&self.modules[m], &labels.1) {
                         items.push(self.pod(i, m).to_string());

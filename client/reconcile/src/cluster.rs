@@ -39,18 +39,25 @@ impl Stores {
         all.into_iter().partition(|m| m.metadata.deletion_timestamp.is_none())
     }
 
-    /// The planner's view of every node.
-    pub(crate) fn node_facts(&self) -> Vec<NodeFacts> {
+    /// The planner's view of `nodes` (from [`Stores::nodes`]), borrowing their labels.
+    pub(crate) fn node_facts<'n>(&self, nodes: &'n [Arc<Node>]) -> Vec<NodeFacts<'n>> {
         let owners = self.daemonset_modules();
-        let mut loaded: HashMap<Arc<str>, BTreeSet<String>> = HashMap::new();
+        // One shared `namespace/name` per Module, not one string per pod.
+        let mut ids: Nested<Arc<str>> = HashMap::new();
+        let mut loaded: HashMap<Arc<str>, BTreeSet<Arc<str>>> = HashMap::new();
         self.pods.each(|ns, pod| {
-            if let (true, false, Some(module)) = (pod.ready, pod.node.is_empty(), pod_module(pod, ns, &owners)) {
-                loaded.entry(Arc::clone(&pod.node)).or_default().insert(format!("{ns}/{module}"));
-            }
+            let Some(module) = pod_module(&pod, ns, &owners).filter(|_| pod.ready && !pod.node.is_empty()) else { return };
+            let id = match ids.get(ns).and_then(|m| m.get(module)) {
+                Some(id) => Arc::clone(id),
+                None => {
+                    let id: Arc<str> = Arc::from(format!("{ns}/{module}"));
+                    ids.entry(ns.to_string()).or_default().insert(module.to_string(), Arc::clone(&id));
+                    id
+                }
+            };
+            loaded.entry(Arc::clone(pod.node)).or_default().insert(id);
         });
-        let mut nodes: Vec<NodeFacts> = self
-            .nodes
-            .state()
+        let mut nodes: Vec<NodeFacts> = nodes
             .iter()
             .map(|n| {
                 let mut facts = crate::facts::node(n);
@@ -62,13 +69,15 @@ impl Stores {
         nodes
     }
 
-    /// The Module label of every kforge DaemonSet, by (namespace, name).
-    fn daemonset_modules(&self) -> HashMap<(String, String), String> {
-        self.daemonsets
-            .state()
-            .iter()
-            .filter_map(|d| Some(((d.namespace().unwrap_or_default(), d.name_any()), d.labels().get(labels::MODULE_NAME)?.clone())))
-            .collect()
+    /// The Module label of every kforge DaemonSet, by namespace and name.
+    fn daemonset_modules(&self) -> Nested<String> {
+        let mut out: Nested<String> = HashMap::new();
+        for d in self.daemonsets.state() {
+            if let Some(module) = d.labels().get(labels::MODULE_NAME) {
+                out.entry(d.namespace().unwrap_or_default()).or_default().insert(d.name_any(), module.clone());
+            }
+        }
+        out
     }
 
     /// Data of the ConfigMaps and Secrets in namespaces holding a Module.
@@ -115,17 +124,19 @@ impl Stores {
         let name = module.name_any();
         let ns = module.namespace().unwrap_or_default();
         let owners = self.daemonset_modules();
-        self.pods.any(|pod_ns, p| pod_ns == ns && pod_module(p, pod_ns, &owners) == Some(name.as_str()))
+        self.pods.any(|pod_ns, p| pod_ns == ns && pod_module(&p, pod_ns, &owners) == Some(name.as_str()))
     }
 }
 
+/// Values by namespace, then name (looked up without building keys).
+type Nested<T> = HashMap<String, HashMap<String, T>>;
+
 /// The Module a loader pod belongs to: its own label, else its DaemonSet's.
-fn pod_module<'a>(pod: &'a LoaderPod, ns: &str, owners: &'a HashMap<(String, String), String>) -> Option<&'a str> {
-    if let Some(m) = &pod.module {
+fn pod_module<'a>(pod: &LoaderPod<'a>, ns: &str, owners: &'a Nested<String>) -> Option<&'a str> {
+    if let Some(m) = pod.module {
         return Some(m);
     }
-    let owner = pod.owner.as_deref()?;
-    owners.get(&(ns.to_string(), owner.to_string())).map(String::as_str)
+    owners.get(ns)?.get(&**pod.owner?).map(String::as_str)
 }
 
 #[cfg(test)]
@@ -194,8 +205,9 @@ mod tests {
         // No label of its own: the module comes from its DaemonSet.
         pods.apply(Event::Apply(pod("b", "n2", true, false)));
         pods.apply(Event::Apply(pod("c", "n3", false, true)));
-        let facts = stores.node_facts();
-        let loaded: Vec<(String, Vec<String>)> = facts.iter().map(|n| (n.name.clone(), n.loaded.iter().cloned().collect())).collect();
+        let listed = stores.nodes.state();
+        let facts = stores.node_facts(&listed);
+        let loaded: Vec<(String, Vec<String>)> = facts.iter().map(|n| (n.name.clone(), n.loaded.iter().map(|m| m.to_string()).collect())).collect();
         assert_eq!(loaded, vec![("n1".into(), vec!["kmm/m".to_string()]), ("n2".into(), vec!["kmm/m".to_string()]), ("n3".into(), vec![])]);
         assert_eq!((facts[0].kernel.as_str(), facts[0].architecture.as_str()), ("6.1.0-1", "arm64"));
     }

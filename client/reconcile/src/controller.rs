@@ -2,6 +2,7 @@
 //! one pass plans the whole cluster and writes only what differs.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -258,10 +259,11 @@ impl Reconciler {
         });
     }
 
-    /// The planner's view of the cluster now, and the Modules being deleted.
-    pub(crate) fn observe(&self) -> (Vec<Module>, Vec<Module>, Vec<crate::plan::NodeFacts>, Facts) {
+    /// The planner's view of the cluster now (nodes as the store holds them, for
+    /// [`Stores::node_facts`]), and the Modules being deleted.
+    pub(crate) fn observe(&self) -> (Vec<Module>, Vec<Module>, Vec<Arc<Node>>, Facts) {
         let (live, deleting) = self.stores.modules();
-        let nodes = self.stores.node_facts();
+        let nodes = self.stores.nodes.state();
         let now = Instant::now();
         let mut images = self.images.facts(now);
         self.lookup(self.images.expired(now));
@@ -274,7 +276,8 @@ impl Reconciler {
     pub(crate) async fn pass(&self) {
         self.metrics.pass();
         let (live, deleting, nodes, facts) = self.observe();
-        let plan = (self.config.planner)(&live, &nodes, &facts, Time(k8s_openapi::jiff::Timestamp::now()));
+        let plan = (self.config.planner)(&live, &self.stores.node_facts(&nodes), &facts, Time(k8s_openapi::jiff::Timestamp::now()));
+        drop(nodes);
         self.act(&live, &deleting, &facts, &plan).await;
     }
 

@@ -1,6 +1,7 @@
 //! The planner's inputs from Kubernetes objects, the same for the controller's stores and for
 //! `kforge plan`'s files.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -10,12 +11,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::labels;
 use crate::plan::{NodeFacts, ObjectKey};
 
-/// A node's labels, kernel and architecture (`loaded` is left empty: it comes from loader pods).
-pub fn node(node: &Node) -> NodeFacts {
+/// A node's labels (borrowed), kernel and architecture (`loaded` is left empty: it comes from
+/// loader pods).
+pub fn node(node: &Node) -> NodeFacts<'_> {
     let info = node.status.as_ref().and_then(|s| s.node_info.as_ref());
     NodeFacts {
         name: node.metadata.name.clone().unwrap_or_default(),
-        labels: node.metadata.labels.clone().unwrap_or_default(),
+        labels: node.metadata.labels.as_ref().map_or_else(Default::default, Cow::Borrowed),
         kernel: info.map(|i| i.kernel_version.clone()).unwrap_or_default(),
         architecture: info.map(|i| i.architecture.clone()).unwrap_or_default(),
         loaded: Default::default(),
@@ -41,14 +43,16 @@ pub fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
     data
 }
 
-/// A DaemonSet as the controller keeps it: without its pod spec, which the spec-hash annotation
-/// stands for (the planner reads metadata and status only).
+/// A DaemonSet as the controller keeps it: metadata (without managed fields) and status; the
+/// spec-hash annotation stands for the spec.
 pub fn slim_daemonset(ds: &mut DaemonSet) {
-    ds.spec.template.spec = None;
+    ds.spec = Default::default();
+    ds.metadata.managed_fields = None;
 }
 
-/// A Node as the controller keeps it: without the list of images it holds.
+/// A Node as the controller keeps it: without managed fields and the list of images it holds.
 pub fn slim_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
     if let Some(status) = node.status.as_mut() {
         status.images = None;
     }

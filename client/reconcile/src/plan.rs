@@ -1,6 +1,7 @@
 //! The pure part of the reconciler: desired state from (Modules, Nodes, facts about images and
 //! referenced objects). No I/O; every decision the controller acts on is made here.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound;
@@ -18,19 +19,26 @@ use crate::mapping::{self, Mappings, Objects, Sections};
 use crate::nodes::{NodeIndex, NodeSet};
 use crate::status::{self, Findings, Outcome};
 
-/// What the planner needs to know about one node.
+/// What the planner needs to know about one node (labels borrowed from the Node where it can).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NodeFacts {
+pub struct NodeFacts<'a> {
     /// `metadata.name`.
     pub name: String,
     /// `metadata.labels`.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Cow<'a, BTreeMap<String, String>>,
     /// `status.nodeInfo.kernelVersion`.
     pub kernel: String,
     /// `status.nodeInfo.architecture` (`amd64`, `arm64`, …).
     pub architecture: String,
     /// Modules (`namespace/name`) whose loader pod on this node runs the wanted image and is Ready.
-    pub loaded: BTreeSet<String>,
+    pub loaded: BTreeSet<Arc<str>>,
+}
+
+impl NodeFacts<'_> {
+    /// The same facts owning their labels.
+    pub fn into_owned(self) -> NodeFacts<'static> {
+        NodeFacts { name: self.name, labels: Cow::Owned(self.labels.into_owned()), kernel: self.kernel, architecture: self.architecture, loaded: self.loaded }
+    }
 }
 
 /// What is known about one image (expanded reference) for one architecture.
@@ -211,7 +219,7 @@ struct GroupNames {
 }
 
 /// The desired state: pure and deterministic; `now` stamps conditions whose status changes.
-pub fn plan(modules: &[Module], nodes: &[NodeFacts], facts: &Facts, now: Time) -> Plan {
+pub fn plan(modules: &[Module], nodes: &[NodeFacts<'_>], facts: &Facts, now: Time) -> Plan {
     let index = NodeIndex::new(nodes, modules.iter().map(|m| &m.spec.selector));
     let names: Vec<GroupNames> = index
         .groups
@@ -223,7 +231,7 @@ pub fn plan(modules: &[Module], nodes: &[NodeFacts], facts: &Facts, now: Time) -
     let mut loaded: Vec<NodeSet> = vec![NodeSet::empty(nodes.len()); modules.len()];
     for (n, node) in nodes.iter().enumerate() {
         for l in &node.loaded {
-            if let Some(&m) = ids.get(l.as_str()) {
+            if let Some(&m) = ids.get(&**l) {
                 loaded[m].insert(n);
             }
         }
@@ -265,7 +273,7 @@ pub fn plan(modules: &[Module], nodes: &[NodeFacts], facts: &Facts, now: Time) -
 }
 
 /// What turns `node`'s managed labels into the kernel label and the `wanted` ready labels (sorted).
-fn label_changes<'a>(node: &NodeFacts, wanted: impl Iterator<Item = &'a str>) -> LabelChanges {
+fn label_changes<'a>(node: &NodeFacts<'_>, wanted: impl Iterator<Item = &'a str>) -> LabelChanges {
     let mut changes = LabelChanges::new();
     let kernel = labels::label_value(&node.kernel);
     if node.labels.get(labels::KERNEL_FULL) != Some(&kernel) {

@@ -3,7 +3,8 @@
 //! 5,000 nodes each running 100 loaders holds half a million pods; as `Pod` objects (2.4 KB before
 //! their strings) that alone would be gigabytes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -13,50 +14,97 @@ use tokio::sync::watch;
 
 use crate::labels;
 
-/// What is kept of one loader pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LoaderPod {
+/// What is known of one loader pod, borrowed from the pod table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LoaderPod<'a> {
     /// `spec.nodeName` (empty until scheduled).
-    pub node: Arc<str>,
+    pub node: &'a Arc<str>,
     /// Its own Module label, if any.
-    pub module: Option<Arc<str>>,
+    pub module: Option<&'a Arc<str>>,
     /// The DaemonSet owning it, if any.
-    pub owner: Option<Arc<str>>,
+    pub owner: Option<&'a Arc<str>>,
     /// Whether its Ready condition is True.
     pub ready: bool,
 }
 
-/// Pods by (namespace, name).
-type ByName = HashMap<(Arc<str>, Box<str>), LoaderPod>;
+/// One pod as stored: indices into [`Names`] (0 is "none" or empty), 20 bytes.
+#[derive(Debug, Clone, Copy)]
+struct Compact {
+    namespace: u32,
+    node: u32,
+    module: u32,
+    owner: u32,
+    ready: bool,
+}
+
+/// Pods by a 128-bit hash of (namespace, name): the names themselves are not kept, and a
+/// collision among a million pods is about as likely as one of SHA-256.
+type ByKey = BTreeMap<u128, Compact>;
+
+/// Interned names (namespaces, nodes, Modules, DaemonSets); index 0 is the empty string.
+#[derive(Debug)]
+struct Names {
+    index: HashMap<Arc<str>, u32>,
+    all: Vec<Arc<str>>,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        let empty: Arc<str> = Arc::from("");
+        Names { index: HashMap::from([(Arc::clone(&empty), 0)]), all: vec![empty] }
+    }
+}
+
+impl Names {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = u32::try_from(self.all.len()).unwrap_or(u32::MAX);
+        let a: Arc<str> = Arc::from(s);
+        self.all.push(Arc::clone(&a));
+        self.index.insert(a, i);
+        i
+    }
+
+    fn get(&self, i: u32) -> &Arc<str> {
+        self.all.get(i as usize).unwrap_or(&self.all[0])
+    }
+
+    fn view(&self, p: &Compact) -> (&str, LoaderPod<'_>) {
+        let some = |i: u32| (i != 0).then(|| self.get(i));
+        (self.get(p.namespace), LoaderPod { node: self.get(p.node), module: some(p.module), owner: some(p.owner), ready: p.ready })
+    }
+
+    fn compact(&mut self, pod: &Pod) -> Compact {
+        Compact {
+            namespace: self.intern(&pod.namespace().unwrap_or_default()),
+            node: self.intern(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default()),
+            module: pod.labels().get(labels::MODULE_NAME).map_or(0, |m| self.intern(m)),
+            owner: pod.owner_references().iter().find(|o| o.kind == "DaemonSet").map_or(0, |o| self.intern(&o.name)),
+            ready: pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        }
+    }
+}
+
+/// The key of pod `namespace/name`: two independent 64-bit SipHashes.
+fn key(pod: &Pod) -> u128 {
+    let (ns, name) = (pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default());
+    let half = |salt: u8| {
+        let mut h = DefaultHasher::new();
+        (salt, ns, name).hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
+}
 
 #[derive(Debug, Default)]
 struct State {
-    /// The pods.
-    pods: ByName,
-    /// The pods of a relist under way (watcher `Init` … `InitDone`).
-    relist: Option<ByName>,
-    /// Interned names (namespaces, nodes, Modules, DaemonSets); rebuilt at each relist.
-    names: HashSet<Arc<str>>,
-}
-
-impl State {
-    fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.names.get(s) {
-            return Arc::clone(a);
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.names.insert(Arc::clone(&a));
-        a
-    }
-
-    fn entry(&mut self, pod: &Pod) -> ((Arc<str>, Box<str>), LoaderPod) {
-        let ns = self.intern(&pod.namespace().unwrap_or_default());
-        let node = self.intern(pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default());
-        let module = pod.labels().get(labels::MODULE_NAME).map(|m| self.intern(m));
-        let owner = pod.owner_references().iter().find(|o| o.kind == "DaemonSet").map(|o| self.intern(&o.name));
-        let ready = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        ((ns, pod.name_any().into_boxed_str()), LoaderPod { node, module, owner, ready })
-    }
+    pods: ByKey,
+    names: Names,
+    /// A relist under way (watcher `Init` … `InitDone`), with names of its own so that the
+    /// table it replaces keeps no stale names.
+    relist: Option<(ByKey, Names)>,
 }
 
 /// The loader pods, fed by a pod watcher.
@@ -76,44 +124,45 @@ impl LoaderPods {
     /// Applies one watcher event.
     pub(crate) fn apply(&self, event: Event<Pod>) {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *state;
         match event {
-            Event::Init => {
-                state.names.clear();
-                state.relist = Some(HashMap::new());
-            }
+            Event::Init => state.relist = Some(Default::default()),
             Event::InitApply(pod) => {
-                let (key, pod) = state.entry(&pod);
-                state.relist.get_or_insert_with(HashMap::new).insert(key, pod);
+                let (pods, names) = state.relist.get_or_insert_with(Default::default);
+                pods.insert(key(&pod), names.compact(&pod));
             }
             Event::InitDone => {
-                if let Some(pods) = state.relist.take() {
-                    state.pods = pods;
+                if let Some((pods, names)) = state.relist.take() {
+                    (state.pods, state.names) = (pods, names);
                 }
                 self.ready.send_replace(true);
             }
             Event::Apply(pod) => {
-                let (key, pod) = state.entry(&pod);
-                state.pods.insert(key, pod);
+                let compact = state.names.compact(&pod);
+                state.pods.insert(key(&pod), compact);
             }
             Event::Delete(pod) => {
-                let key = (Arc::<str>::from(pod.namespace().unwrap_or_default()), pod.name_any().into_boxed_str());
-                state.pods.remove(&key);
+                state.pods.remove(&key(&pod));
             }
         }
     }
 
     /// Calls `f(namespace, pod)` for every pod.
-    pub(crate) fn each(&self, mut f: impl FnMut(&str, &LoaderPod)) {
+    pub(crate) fn each(&self, mut f: impl FnMut(&str, LoaderPod<'_>)) {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        for ((ns, _), pod) in &state.pods {
+        for p in state.pods.values() {
+            let (ns, pod) = state.names.view(p);
             f(ns, pod);
         }
     }
 
     /// Whether any pod satisfies `f(namespace, pod)`.
-    pub(crate) fn any(&self, mut f: impl FnMut(&str, &LoaderPod) -> bool) -> bool {
+    pub(crate) fn any(&self, mut f: impl FnMut(&str, LoaderPod<'_>) -> bool) -> bool {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        state.pods.iter().any(|((ns, _), pod)| f(ns, pod))
+        state.pods.values().any(|p| {
+            let (ns, pod) = state.names.view(p);
+            f(ns, pod)
+        })
     }
 
     /// Waits for the first complete list.
@@ -170,9 +219,9 @@ mod tests {
         pods.apply(Event::Delete(pod("a", "n1", true, Some("m"))));
         assert_eq!(listed(&pods), [("kmm".into(), "n2".into(), true)]);
         let mut owners = Vec::new();
-        pods.each(|_, p| owners.push((p.module.clone(), p.owner.as_deref().map(str::to_string))));
+        pods.each(|_, p| owners.push((p.module.map(|m| m.to_string()), p.owner.map(|o| o.to_string()))));
         assert_eq!(owners, [(None, Some("m-loader".to_string()))]);
-        assert!(pods.any(|ns, p| ns == "kmm" && &*p.node == "n2"));
-        assert!(!pods.any(|_, p| &*p.node == "n1"));
+        assert!(pods.any(|ns, p| ns == "kmm" && &**p.node == "n2"));
+        assert!(!pods.any(|_, p| &**p.node == "n1"));
     }
 }

@@ -125,15 +125,15 @@ impl Module {
     }
 }
 
-impl NodeFacts {
+impl NodeFacts<'static> {
     /// An amd64 node running `kernel`.
-    pub(crate) fn test(name: &str, kernel: &str) -> NodeFacts {
+    pub(crate) fn test(name: &str, kernel: &str) -> NodeFacts<'static> {
         NodeFacts { name: name.into(), kernel: kernel.into(), architecture: "amd64".into(), ..Default::default() }
     }
 
     /// Adds a label.
     pub(crate) fn label(mut self, k: &str, v: &str) -> Self {
-        self.labels.insert(k.into(), v.into());
+        self.labels.to_mut().insert(k.into(), v.into());
         self
     }
 

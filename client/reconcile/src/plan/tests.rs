@@ -418,7 +418,7 @@ fn garbage_collection_decisions() {
     struct Case {
         what: &'static str,
         module: Module,
-        nodes: Vec<NodeFacts>,
+        nodes: Vec<NodeFacts<'static>>,
         facts: Facts,
         existing: Vec<(String, String)>,
         garbage: Vec<(String, String)>,
