@@ -5,12 +5,12 @@
 //! of them build and sign, a quarter have a device plugin. Everything is derived from indices, so
 //! any part can be generated again on demand.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kforge_reconcile::api::{Build, DevicePluginContainerSpec, DevicePluginSpec, KernelMapping, LocalObjectReference, Module, ModuleSpec, Sign};
+use kforge_reconcile::facts::NodeLabels;
 use kforge_reconcile::plan::{Facts, NodeFacts, ObjectKey};
 
 pub const NODES: usize = 5_000;
@@ -31,7 +31,7 @@ pub fn mix(i: usize) -> u64 {
 }
 
 /// Node `i` as the planner sees it before kforge labels it (nothing loaded).
-pub fn node(i: usize) -> NodeFacts<'static> {
+pub fn node(i: usize) -> NodeFacts {
     let mut labels = BTreeMap::from([
         ("kubernetes.io/hostname".to_string(), format!("node-{i:05}")),
         ("kubernetes.io/os".to_string(), "linux".to_string()),
@@ -44,10 +44,16 @@ pub fn node(i: usize) -> NodeFacts<'static> {
         let v = if bits >> h & 1 == 1 { "yes" } else { "no" };
         labels.insert(format!("bench.kforge.io/half-{h}"), v.to_string());
     }
-    NodeFacts { name: format!("node-{i:05}"), labels: Cow::Owned(labels), kernel: kernel(i % KERNELS), architecture: "amd64".into(), loaded: BTreeSet::new() }
+    NodeFacts {
+        name: format!("node-{i:05}"),
+        labels: NodeLabels::from(&labels),
+        kernel: kernel(i % KERNELS),
+        architecture: "amd64".into(),
+        loaded: BTreeSet::new(),
+    }
 }
 
-pub fn nodes() -> Vec<NodeFacts<'static>> {
+pub fn nodes() -> Vec<NodeFacts> {
     (0..NODES).map(node).collect()
 }
 

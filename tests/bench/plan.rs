@@ -9,7 +9,7 @@
 #[path = "cluster.rs"]
 mod cluster;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,25 +53,29 @@ fn main() {
             }
         }
     }
-    for node in &mut nodes {
-        node.labels.to_mut().insert(KERNEL_FULL.to_string(), label_value(&node.kernel));
-    }
-    // Every module is loaded where it is selected, and the nodes carry its ready label.
-    // (The controller shares one `namespace/name` per Module between nodes.)
+    // Every module is loaded where it is selected, and the nodes carry the kernel label and each
+    // loaded Module's ready label. As in the controller, label keys and values and each Module's
+    // `namespace/name` are shared between nodes.
+    let mut shared: HashMap<String, Arc<str>> = HashMap::new();
+    let mut intern = |s: &str| Arc::clone(shared.entry(s.to_string()).or_insert_with(|| Arc::from(s)));
     let ids: Vec<Arc<str>> = modules
         .iter()
         .map(|m| Arc::from(format!("{}/{}", m.metadata.namespace.as_deref().unwrap_or_default(), m.metadata.name.as_deref().unwrap_or_default())))
         .collect();
     for node in &mut nodes {
+        let mut labels: Vec<(Arc<str>, Arc<str>)> = node.labels.iter().map(|(k, v)| (intern(k), intern(v))).collect();
+        labels.push((intern(KERNEL_FULL), intern(&label_value(&node.kernel))));
         for (m, id) in modules.iter().zip(&ids) {
-            if m.spec.selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
+            if m.spec.selector.iter().all(|(k, v)| node.labels.get(k) == Some(v.as_str())) {
                 let ns = m.metadata.namespace.as_deref().unwrap_or_default();
                 let name = m.metadata.name.as_deref().unwrap_or_default();
                 node.loaded.insert(Arc::clone(id));
-                node.labels.to_mut().insert(ready_label(ns, name), String::new());
+                labels.push((intern(&ready_label(ns, name)), intern("")));
             }
         }
+        node.labels = labels.into_iter().collect();
     }
+    drop(shared);
     let setup = setup.elapsed();
     let setup_peak = status_kib("VmHWM:");
     let inputs = status_kib("VmRSS:");

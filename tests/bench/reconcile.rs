@@ -31,7 +31,7 @@ use k8s_openapi::api::apps::v1::DaemonSetStatus;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Node, NodeStatus, NodeSystemInfo, Pod, PodCondition, PodSpec, PodStatus, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kforge_reconcile::api::Module;
-use kforge_reconcile::facts::slim_daemonset;
+use kforge_reconcile::facts::{NodeLabels, slim_daemonset};
 use kforge_reconcile::labels::{COMPONENT, KERNEL_FULL, LOADER, MODULE_NAME, label_value, ready_label};
 use kforge_reconcile::plan::{ImageFact, NodeFacts, plan};
 use kforge_reconcile::{Config, Controller, FINALIZER};
@@ -59,8 +59,8 @@ fn digest(body: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(body.as_bytes())))
 }
 
-fn selects(m: &Module, labels: &BTreeMap<String, String>) -> bool {
-    m.spec.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+fn selects(m: &Module, labels: &NodeLabels) -> bool {
+    m.spec.selector.iter().all(|(k, v)| labels.get(k) == Some(v.as_str()))
 }
 
 fn modules(host: &str) -> Vec<Module> {
@@ -75,15 +75,16 @@ fn modules(host: &str) -> Vec<Module> {
 }
 
 /// Node `i` as kforge leaves it: kernel label and the ready label of every Module selecting it.
-fn labelled(i: usize, modules: &[Module]) -> NodeFacts<'static> {
+fn labelled(i: usize, modules: &[Module]) -> NodeFacts {
     let mut n = node(i);
-    n.labels.to_mut().insert(KERNEL_FULL.to_string(), label_value(&n.kernel));
-    let selecting: Vec<&Module> = modules.iter().filter(|m| selects(m, &n.labels)).collect();
-    for m in selecting {
+    let mut labels: BTreeMap<String, String> = n.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    labels.insert(KERNEL_FULL.to_string(), label_value(&n.kernel));
+    for m in modules.iter().filter(|m| selects(m, &n.labels)) {
         let (ns, name) = (m.metadata.namespace.clone().unwrap_or_default(), m.metadata.name.clone().unwrap_or_default());
         n.loaded.insert(format!("{ns}/{name}").into());
-        n.labels.to_mut().insert(ready_label(&ns, &name), String::new());
+        labels.insert(ready_label(&ns, &name), String::new());
     }
+    n.labels = NodeLabels::from(&labels);
     n
 }
 
@@ -121,7 +122,7 @@ fn setup(host: &str, dir: &Path) {
                     Some(k) => by_kernel.get(k).cloned().unwrap_or_default(),
                     None => (0..NODES).collect(),
                 };
-                let n = candidates.iter().filter(|&&i| selector.iter().all(|(k, v)| nodes[i].labels.get(k) == Some(v))).count() as i32;
+                let n = candidates.iter().filter(|&&i| selector.iter().all(|(k, v)| nodes[i].labels.get(k) == Some(v.as_str()))).count() as i32;
                 ds.status = Some(DaemonSetStatus {
                     current_number_scheduled: n,
                     desired_number_scheduled: n,
@@ -214,7 +215,12 @@ impl Cluster {
     fn node(&self, i: usize) -> Value {
         let n = labelled(i, &self.modules);
         let node = Node {
-            metadata: ObjectMeta { name: Some(n.name), labels: Some(n.labels.into_owned()), resource_version: Some("1".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(n.name),
+                labels: Some(n.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                resource_version: Some("1".into()),
+                ..Default::default()
+            },
             status: Some(NodeStatus {
                 node_info: Some(NodeSystemInfo {
                     kernel_version: n.kernel,
@@ -294,11 +300,11 @@ impl Cluster {
             "/api/v1/pods" => {
                 // Position: node * MODULES + module.
                 let (mut at, mut items) = (from, Vec::new());
-                let mut labels = (usize::MAX, BTreeMap::new());
+                let mut labels = (usize::MAX, NodeLabels::default());
                 while at < NODES * MODULES && items.len() < limit {
                     let (i, m) = (at / MODULES, at % MODULES);
                     if labels.0 != i {
-                        labels = (i, node(i).labels.into_owned());
+                        labels = (i, node(i).labels);
                     }
                     if selects(&self.modules[m], &labels.1) {
                         items.push(self.pod(i, m).to_string());

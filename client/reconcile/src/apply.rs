@@ -1,7 +1,5 @@
 //! Writes: each one only when the live object differs from the plan, each one counted.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -11,6 +9,7 @@ use serde_json::{Map, Value, json};
 use crate::api::{Module, ModuleStatus};
 use crate::error::{Error, Result};
 use crate::events::{Events, Note};
+use crate::facts::NodeLabels;
 use crate::labels::{self, SPEC_HASH, is_managed_node_label};
 use crate::metrics::Metrics;
 use crate::plan::LabelChanges;
@@ -85,13 +84,12 @@ impl Writes {
 
     /// Makes the planner's label `changes` on `node` (one merge patch of those the node does not
     /// have yet, if any).
-    pub(crate) async fn node_labels(&self, node: &Node, changes: &LabelChanges) -> Result<()> {
-        let Some(patch) = label_patch(node.labels(), changes) else { return Ok(()) };
-        let name = node.name_any();
+    pub(crate) async fn node_labels(&self, name: &str, live: &NodeLabels, changes: &LabelChanges) -> Result<()> {
+        let Some(patch) = label_patch(live, changes) else { return Ok(()) };
         let api: Api<Node> = Api::all(self.client.clone());
         self.metrics.write("node-labels");
         let body = json!({"metadata": {"labels": patch}});
-        let r = api.patch(&name, &PatchParams::default(), &Patch::Merge(&body)).await.map_err(Error::kube("patch labels", format!("Node {name}")));
+        let r = api.patch(name, &PatchParams::default(), &Patch::Merge(&body)).await.map_err(Error::kube("patch labels", format!("Node {name}")));
         self.counted("node-labels", r)?;
         tracing::info!(node = %name, labels = %body["metadata"]["labels"], "labelled node");
         Ok(())
@@ -159,10 +157,10 @@ impl Writes {
 
 /// The merge-patch `labels` map making those of `changes` that `live` does not show yet (`null`
 /// removes), or `None` when none is left. Labels kforge does not manage are never touched.
-pub(crate) fn label_patch(live: &BTreeMap<String, String>, changes: &LabelChanges) -> Option<Map<String, Value>> {
+pub(crate) fn label_patch(live: &NodeLabels, changes: &LabelChanges) -> Option<Map<String, Value>> {
     let patch: Map<String, Value> = changes
         .iter()
-        .filter(|(k, v)| is_managed_node_label(k) && live.get(*k) != v.as_ref())
+        .filter(|(k, v)| is_managed_node_label(k) && live.get(k) != v.as_deref())
         .map(|(k, v)| (k.clone(), v.clone().map_or(Value::Null, Value::String)))
         .collect();
     (!patch.is_empty()).then_some(patch)
@@ -174,14 +172,14 @@ mod tests {
 
     #[test]
     fn label_patch_sends_only_managed_changes_not_yet_made() {
-        let live: BTreeMap<String, String> = [
+        let live: NodeLabels = [
             ("kubernetes.io/hostname", "n1"),
             ("kmm.node.kubernetes.io/kernel-version.full", "6.1.0-1"),
             ("kmm.node.kubernetes.io/default.old.ready", ""),
             ("kmm.node.kubernetes.io/default.keep.ready", ""),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.into(), v.into()))
         .collect();
         let changes: LabelChanges = [
             ("kmm.node.kubernetes.io/kernel-version.full", Some("6.1.0-2")),

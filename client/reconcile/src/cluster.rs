@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
 use crate::api::Module;
 use crate::labels;
+use crate::node_table::NodeTable;
 use crate::plan::{NodeFacts, ObjectKey};
 use crate::pods::{LoaderPod, LoaderPods};
 
@@ -19,8 +20,8 @@ use crate::pods::{LoaderPod, LoaderPods};
 pub struct Stores {
     /// Modules, all namespaces.
     pub modules: Store<Module>,
-    /// Nodes.
-    pub nodes: Store<Node>,
+    /// Nodes (as the planner reads them).
+    pub nodes: NodeTable,
     /// DaemonSets labelled managed-by kforge.
     pub daemonsets: Store<DaemonSet>,
     /// Module-loader pods (compact).
@@ -39,8 +40,8 @@ impl Stores {
         all.into_iter().partition(|m| m.metadata.deletion_timestamp.is_none())
     }
 
-    /// The planner's view of `nodes` (from [`Stores::nodes`]), borrowing their labels.
-    pub(crate) fn node_facts<'n>(&self, nodes: &'n [Arc<Node>]) -> Vec<NodeFacts<'n>> {
+    /// The planner's view of every node.
+    pub(crate) fn node_facts(&self) -> Vec<NodeFacts> {
         let owners = self.daemonset_modules();
         // One shared `namespace/name` per Module, not one string per pod.
         let mut ids: Nested<Arc<str>> = HashMap::new();
@@ -57,15 +58,10 @@ impl Stores {
             };
             loaded.entry(Arc::clone(pod.node)).or_default().insert(id);
         });
-        let mut nodes: Vec<NodeFacts> = nodes
-            .iter()
-            .map(|n| {
-                let mut facts = crate::facts::node(n);
-                facts.loaded = loaded.remove(facts.name.as_str()).unwrap_or_default();
-                facts
-            })
-            .collect();
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut nodes = self.nodes.facts();
+        for n in &mut nodes {
+            n.loaded = loaded.remove(n.name.as_str()).unwrap_or_default();
+        }
         nodes
     }
 
@@ -142,7 +138,7 @@ fn pod_module<'a>(pod: &LoaderPod<'a>, ns: &str, owners: &'a Nested<String>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeStatus, NodeSystemInfo, Pod, PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo, Pod, PodCondition, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use kube::runtime::reflector::store::Writer;
     use kube::runtime::watcher::Event;
@@ -177,19 +173,19 @@ mod tests {
 
     #[test]
     fn a_node_has_a_module_loaded_when_its_loader_pod_is_ready() {
-        let mut nodes = Writer::default();
+        let nodes = NodeTable::default();
         let pods = LoaderPods::default();
         let mut daemonsets = Writer::default();
         let stores = Stores {
             modules: Writer::default().as_reader(),
-            nodes: nodes.as_reader(),
+            nodes: nodes.clone(),
             daemonsets: daemonsets.as_reader(),
             pods: pods.clone(),
             configmaps: Writer::default().as_reader(),
             secrets: Writer::default().as_reader(),
         };
         for n in ["n1", "n2", "n3"] {
-            nodes.apply_watcher_event(&Event::Apply(node(n)));
+            nodes.apply(Event::Apply(node(n)));
         }
         let ds = DaemonSet {
             metadata: ObjectMeta {
@@ -205,8 +201,7 @@ mod tests {
         // No label of its own: the module comes from its DaemonSet.
         pods.apply(Event::Apply(pod("b", "n2", true, false)));
         pods.apply(Event::Apply(pod("c", "n3", false, true)));
-        let listed = stores.nodes.state();
-        let facts = stores.node_facts(&listed);
+        let facts = stores.node_facts();
         let loaded: Vec<(String, Vec<String>)> = facts.iter().map(|n| (n.name.clone(), n.loaded.iter().map(|m| m.to_string()).collect())).collect();
         assert_eq!(loaded, vec![("n1".into(), vec!["kmm/m".to_string()]), ("n2".into(), vec!["kmm/m".to_string()]), ("n3".into(), vec![])]);
         assert_eq!((facts[0].kernel.as_str(), facts[0].architecture.as_str()), ("6.1.0-1", "arm64"));

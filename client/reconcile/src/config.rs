@@ -9,7 +9,7 @@ use crate::plan::{Facts, NodeFacts, Plan};
 
 /// The planner the controller calls on every pass (`crate::plan::plan` once it lands; tests pass
 /// a fake).
-pub type Planner = fn(&[Module], &[NodeFacts<'_>], &Facts, Time) -> Plan;
+pub type Planner = fn(&[Module], &[NodeFacts], &Facts, Time) -> Plan;
 
 /// How the controller runs.
 #[derive(Debug, Clone)]

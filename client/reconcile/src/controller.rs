@@ -2,14 +2,13 @@
 //! one pass plans the whole cluster and writes only what differs.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::reflector::{self, ObjectRef, store::Writer};
+use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -27,6 +26,7 @@ use crate::images::{ImageCache, run_lookups};
 use crate::labels::{self, ready_label};
 use crate::leader::Elector;
 use crate::metrics::Metrics;
+use crate::node_table::NodeTable;
 use crate::plan::{Facts, Plan};
 use crate::pods::LoaderPods;
 
@@ -146,20 +146,25 @@ where
 /// Stores an object whole (but for managed fields).
 fn whole<K>(_: &mut K) {}
 
-/// Keeps `pods` in step with the loader pods, as [`watch_into`] does for stores.
-async fn watch_pods(api: Api<Pod>, cfg: watcher::Config, pods: LoaderPods, trigger: mpsc::Sender<()>) {
+/// Feeds `apply` (a compact table's) from `api`, as [`watch_into`] does for stores.
+async fn watch_table<K>(api: Api<K>, cfg: watcher::Config, apply: impl Fn(watcher::Event<K>), trigger: mpsc::Sender<()>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&Default::default()).to_string();
     let stream = watcher(api, cfg).default_backoff();
     tokio::pin!(stream);
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => {
                 let change = matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone);
-                pods.apply(event);
+                apply(event);
                 if change {
                     let _ = trigger.try_send(());
                 }
             }
-            Err(e) => tracing::warn!(kind = "Pod", error = %e, "watch failed; reconnecting"),
+            Err(e) => tracing::warn!(%kind, error = %e, "watch failed; reconnecting"),
         }
     }
 }
@@ -186,7 +191,12 @@ fn start_watches(client: &Client, trigger: mpsc::Sender<()>) -> (Stores, Vec<tok
     let t = &trigger;
     let stores = Stores {
         modules: spawn(Api::<Module>::all(client.clone()), all.clone(), whole, t, &mut tasks),
-        nodes: spawn(Api::<Node>::all(client.clone()), all.clone(), facts::slim_node, t, &mut tasks),
+        nodes: {
+            let nodes = NodeTable::default();
+            let table = nodes.clone();
+            tasks.push(tokio::spawn(watch_table(Api::<Node>::all(client.clone()), all.clone(), move |e| table.apply(e), trigger.clone())));
+            nodes
+        },
         daemonsets: spawn(
             Api::<DaemonSet>::all(client.clone()),
             all.clone().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER)),
@@ -197,7 +207,8 @@ fn start_watches(client: &Client, trigger: mpsc::Sender<()>) -> (Stores, Vec<tok
         pods: {
             let pods = LoaderPods::default();
             let cfg = all.clone().labels(&format!("{}={}", labels::COMPONENT, labels::LOADER));
-            tasks.push(tokio::spawn(watch_pods(Api::<Pod>::all(client.clone()), cfg, pods.clone(), trigger.clone())));
+            let table = pods.clone();
+            tasks.push(tokio::spawn(watch_table(Api::<Pod>::all(client.clone()), cfg, move |e| table.apply(e), trigger.clone())));
             pods
         },
         configmaps: spawn(Api::<ConfigMap>::all(client.clone()), all.clone(), whole, t, &mut tasks),
@@ -209,11 +220,11 @@ fn start_watches(client: &Client, trigger: mpsc::Sender<()>) -> (Stores, Vec<tok
 
 async fn wait_ready(s: &Stores) -> bool {
     let stores = s.modules.wait_until_ready().await.is_ok()
-        && s.nodes.wait_until_ready().await.is_ok()
         && s.daemonsets.wait_until_ready().await.is_ok()
         && s.configmaps.wait_until_ready().await.is_ok()
         && s.secrets.wait_until_ready().await.is_ok();
     if stores {
+        s.nodes.wait_until_ready().await;
         s.pods.wait_until_ready().await;
     }
     stores
@@ -259,11 +270,10 @@ impl Reconciler {
         });
     }
 
-    /// The planner's view of the cluster now (nodes as the store holds them, for
-    /// [`Stores::node_facts`]), and the Modules being deleted.
-    pub(crate) fn observe(&self) -> (Vec<Module>, Vec<Module>, Vec<Arc<Node>>, Facts) {
+    /// The planner's view of the cluster now, and the Modules being deleted.
+    pub(crate) fn observe(&self) -> (Vec<Module>, Vec<Module>, Vec<crate::plan::NodeFacts>, Facts) {
         let (live, deleting) = self.stores.modules();
-        let nodes = self.stores.nodes.state();
+        let nodes = self.stores.node_facts();
         let now = Instant::now();
         let mut images = self.images.facts(now);
         self.lookup(self.images.expired(now));
@@ -276,7 +286,7 @@ impl Reconciler {
     pub(crate) async fn pass(&self) {
         self.metrics.pass();
         let (live, deleting, nodes, facts) = self.observe();
-        let plan = (self.config.planner)(&live, &self.stores.node_facts(&nodes), &facts, Time(k8s_openapi::jiff::Timestamp::now()));
+        let plan = (self.config.planner)(&live, &nodes, &facts, Time(k8s_openapi::jiff::Timestamp::now()));
         drop(nodes);
         self.act(&live, &deleting, &facts, &plan).await;
     }
@@ -317,8 +327,8 @@ impl Reconciler {
             }
         }
         for (name, changes) in &plan.node_labels {
-            let Some(node) = self.stores.nodes.get(&ObjectRef::new(name)) else { continue };
-            if let Err(e) = self.writes.node_labels(&node, changes).await {
+            let Some(live) = self.stores.nodes.labels(name) else { continue };
+            if let Err(e) = self.writes.node_labels(name, &live, changes).await {
                 log("node labels", e);
             }
         }
@@ -350,7 +360,7 @@ impl Reconciler {
             return Ok(());
         }
         let label = ready_label(&module.namespace().unwrap_or_default(), &module.name_any());
-        if self.stores.nodes.state().iter().any(|n| n.labels().contains_key(&label)) {
+        if self.stores.nodes.any_labelled(&label) {
             // The node-label step of this pass removes them (the planner no longer sees the Module).
             return Ok(());
         }

@@ -226,7 +226,7 @@ mod tests {
         secrets.apply_watcher_event(&kube::runtime::watcher::Event::Apply(secret));
         let stores = Stores {
             modules: Writer::default().as_reader(),
-            nodes: Writer::default().as_reader(),
+            nodes: Default::default(),
             daemonsets: Writer::default().as_reader(),
             pods: Default::default(),
             configmaps: Writer::default().as_reader(),
@@ -295,7 +295,7 @@ mod tests {
         let registry = fake_registry().await;
         let stores = Stores {
             modules: Writer::default().as_reader(),
-            nodes: Writer::default().as_reader(),
+            nodes: Default::default(),
             daemonsets: Writer::default().as_reader(),
             pods: Default::default(),
             configmaps: Writer::default().as_reader(),

@@ -44,6 +44,7 @@ mod inputs;
 mod leader;
 mod mapping;
 mod metrics;
+mod node_table;
 mod nodes;
 mod pods;
 mod status;

@@ -77,7 +77,7 @@ pub(crate) struct KernelGroup<'n> {
 /// The nodes, indexed.
 pub(crate) struct NodeIndex<'n> {
     /// The nodes, as given.
-    pub nodes: &'n [NodeFacts<'n>],
+    pub nodes: &'n [NodeFacts],
     /// Kernel groups sorted by (kernel, architecture).
     pub groups: Vec<KernelGroup<'n>>,
     labels: HashMap<(&'n str, &'n str), NodeSet>,
@@ -85,7 +85,7 @@ pub(crate) struct NodeIndex<'n> {
 
 impl<'n> NodeIndex<'n> {
     /// Indexes `nodes`; only the label pairs some selector in `selectors` asks for are indexed.
-    pub(crate) fn new<'s>(nodes: &'n [NodeFacts<'n>], selectors: impl IntoIterator<Item = &'s BTreeMap<String, String>>) -> Self {
+    pub(crate) fn new<'s>(nodes: &'n [NodeFacts], selectors: impl IntoIterator<Item = &'s BTreeMap<String, String>>) -> Self {
         // By key: each node is asked for the few selector keys, not scanned label by label.
         let mut wanted: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
         for (k, v) in selectors.into_iter().flatten() {
@@ -97,8 +97,8 @@ impl<'n> NodeIndex<'n> {
         for (i, node) in nodes.iter().enumerate() {
             groups.entry((node.kernel.as_str(), node.architecture.as_str())).or_insert_with(|| NodeSet::empty(n)).insert(i);
             for (key, values) in &wanted {
-                if let Some((k, v)) = node.labels.get_key_value(*key).filter(|(_, v)| values.contains(v.as_str())) {
-                    labels.entry((k.as_str(), v.as_str())).or_insert_with(|| NodeSet::empty(n)).insert(i);
+                if let Some((k, v)) = node.labels.get_key_value(key).filter(|(_, v)| values.contains(v)) {
+                    labels.entry((k, v)).or_insert_with(|| NodeSet::empty(n)).insert(i);
                 }
             }
         }
@@ -130,12 +130,13 @@ impl<'n> NodeIndex<'n> {
 mod tests {
     use super::*;
 
-    fn node(name: &str, kernel: &str, arch: &str, labels: &[(&str, &str)]) -> NodeFacts<'static> {
+    fn node(name: &str, kernel: &str, arch: &str, labels: &[(&str, &str)]) -> NodeFacts {
+        use std::sync::Arc;
         NodeFacts {
             name: name.into(),
             kernel: kernel.into(),
             architecture: arch.into(),
-            labels: std::borrow::Cow::Owned(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            labels: labels.iter().map(|(k, v)| (Arc::from(*k), Arc::from(*v))).collect(),
             ..Default::default()
         }
     }

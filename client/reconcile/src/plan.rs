@@ -1,10 +1,8 @@
 //! The pure part of the reconciler: desired state from (Modules, Nodes, facts about images and
 //! referenced objects). No I/O; every decision the controller acts on is made here.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::ops::Bound;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -14,31 +12,25 @@ use kube::ResourceExt;
 
 use crate::api::{DaemonSetCounts, KernelStatus, Module, ModuleStatus};
 use crate::daemonset::{self, Loader, LoaderHasher};
+use crate::facts::NodeLabels;
 use crate::labels;
 use crate::mapping::{self, Mappings, Objects, Sections};
 use crate::nodes::{NodeIndex, NodeSet};
 use crate::status::{self, Findings, Outcome};
 
-/// What the planner needs to know about one node (labels borrowed from the Node where it can).
+/// What the planner needs to know about one node.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NodeFacts<'a> {
+pub struct NodeFacts {
     /// `metadata.name`.
     pub name: String,
     /// `metadata.labels`.
-    pub labels: Cow<'a, BTreeMap<String, String>>,
+    pub labels: NodeLabels,
     /// `status.nodeInfo.kernelVersion`.
     pub kernel: String,
     /// `status.nodeInfo.architecture` (`amd64`, `arm64`, …).
     pub architecture: String,
     /// Modules (`namespace/name`) whose loader pod on this node runs the wanted image and is Ready.
     pub loaded: BTreeSet<Arc<str>>,
-}
-
-impl NodeFacts<'_> {
-    /// The same facts owning their labels.
-    pub fn into_owned(self) -> NodeFacts<'static> {
-        NodeFacts { name: self.name, labels: Cow::Owned(self.labels.into_owned()), kernel: self.kernel, architecture: self.architecture, loaded: self.loaded }
-    }
 }
 
 /// What is known about one image (expanded reference) for one architecture.
@@ -219,7 +211,7 @@ struct GroupNames {
 }
 
 /// The desired state: pure and deterministic; `now` stamps conditions whose status changes.
-pub fn plan(modules: &[Module], nodes: &[NodeFacts<'_>], facts: &Facts, now: Time) -> Plan {
+pub fn plan(modules: &[Module], nodes: &[NodeFacts], facts: &Facts, now: Time) -> Plan {
     let index = NodeIndex::new(nodes, modules.iter().map(|m| &m.spec.selector));
     let names: Vec<GroupNames> = index
         .groups
@@ -273,30 +265,25 @@ pub fn plan(modules: &[Module], nodes: &[NodeFacts<'_>], facts: &Facts, now: Tim
 }
 
 /// What turns `node`'s managed labels into the kernel label and the `wanted` ready labels (sorted).
-fn label_changes<'a>(node: &NodeFacts<'_>, wanted: impl Iterator<Item = &'a str>) -> LabelChanges {
+fn label_changes<'a>(node: &NodeFacts, wanted: impl Iterator<Item = &'a str>) -> LabelChanges {
     let mut changes = LabelChanges::new();
     let kernel = labels::label_value(&node.kernel);
-    if node.labels.get(labels::KERNEL_FULL) != Some(&kernel) {
+    if node.labels.get(labels::KERNEL_FULL) != Some(kernel.as_str()) {
         changes.insert(labels::KERNEL_FULL.to_string(), Some(kernel));
     }
-    let mut live = node
-        .labels
-        .range::<str, _>((Bound::Included(labels::NODE_PREFIX), Bound::Unbounded))
-        .take_while(|(k, _)| k.starts_with(labels::NODE_PREFIX))
-        .filter(|(k, _)| labels::is_managed_node_label(k) && k.as_str() != labels::KERNEL_FULL)
-        .peekable();
+    let mut live = node.labels.with_prefix(labels::NODE_PREFIX).filter(|(k, _)| labels::is_managed_node_label(k) && *k != labels::KERNEL_FULL).peekable();
     let mut wanted = wanted.peekable();
     loop {
         match (live.peek(), wanted.peek()) {
             (None, None) => break,
-            (Some((k, v)), Some(w)) if k.as_str() == *w => {
+            (Some((k, v)), Some(w)) if k == w => {
                 if !v.is_empty() {
                     changes.insert(k.to_string(), Some(String::new()));
                 }
                 live.next();
                 wanted.next();
             }
-            (Some((k, _)), w) if w.is_none_or(|w| k.as_str() < *w) => {
+            (Some((k, _)), w) if w.is_none_or(|w| k < w) => {
                 changes.insert(k.to_string(), None);
                 live.next();
             }

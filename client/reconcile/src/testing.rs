@@ -125,15 +125,15 @@ impl Module {
     }
 }
 
-impl NodeFacts<'static> {
+impl NodeFacts {
     /// An amd64 node running `kernel`.
-    pub(crate) fn test(name: &str, kernel: &str) -> NodeFacts<'static> {
+    pub(crate) fn test(name: &str, kernel: &str) -> NodeFacts {
         NodeFacts { name: name.into(), kernel: kernel.into(), architecture: "amd64".into(), ..Default::default() }
     }
 
     /// Adds a label.
     pub(crate) fn label(mut self, k: &str, v: &str) -> Self {
-        self.labels.to_mut().insert(k.into(), v.into());
+        self.labels = self.labels.with(k, v);
         self
     }
 

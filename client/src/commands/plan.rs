@@ -40,7 +40,7 @@ pub struct Args {
 #[derive(Default)]
 struct Inputs {
     modules: Vec<Module>,
-    nodes: Vec<NodeFacts<'static>>,
+    nodes: Vec<NodeFacts>,
     facts: Facts,
 }
 
@@ -120,7 +120,7 @@ fn add_object(doc: Value, path: &Path, inputs: &mut Inputs) -> anyhow::Result<()
             }
         }
         "Module" => inputs.modules.push(serde_json::from_value(doc).with_context(what)?),
-        "Node" => inputs.nodes.push(facts::node(&serde_json::from_value::<Node>(doc).with_context(what)?).into_owned()),
+        "Node" => inputs.nodes.push(facts::node(&serde_json::from_value::<Node>(doc).with_context(what)?)),
         "ConfigMap" => {
             let cm: ConfigMap = serde_json::from_value(doc).with_context(what)?;
             inputs.facts.objects.insert(facts::key("ConfigMap", &cm.metadata), facts::config_map_data(&cm));

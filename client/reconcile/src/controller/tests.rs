@@ -19,6 +19,7 @@ use super::*;
 use crate::api::{KernelStatus, ModuleSpec, ModuleStatus};
 use crate::config::LeaseConfig;
 use crate::labels::{KERNEL_FULL as KERNEL_LABEL, MODULE_NAME as MODULE_NAME_LABEL, SPEC_HASH};
+use crate::node_table::NodeTable;
 use crate::plan::{ModulePlan, NodeFacts};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -38,7 +39,7 @@ fn set_plan(plan: Plan) {
 
 struct Writers {
     modules: Writer<Module>,
-    nodes: Writer<Node>,
+    nodes: NodeTable,
     daemonsets: Writer<DaemonSet>,
 }
 
@@ -47,7 +48,7 @@ impl Writers {
         self.modules.apply_watcher_event(&watcher::Event::Apply(m.clone()));
     }
     fn node(&mut self, n: &Node) {
-        self.nodes.apply_watcher_event(&watcher::Event::Apply(n.clone()));
+        self.nodes.apply(watcher::Event::Apply(n.clone()));
     }
     fn daemonset(&mut self, d: &DaemonSet) {
         self.daemonsets.apply_watcher_event(&watcher::Event::Apply(d.clone()));
@@ -67,13 +68,13 @@ fn rig() -> Rig {
     let (svc, api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");
     let modules = Writer::default();
-    let nodes = Writer::default();
+    let nodes = NodeTable::default();
     let daemonsets = Writer::default();
     let configmaps = Writer::default();
     let secrets = Writer::default();
     let stores = Stores {
         modules: modules.as_reader(),
-        nodes: nodes.as_reader(),
+        nodes: nodes.clone(),
         daemonsets: daemonsets.as_reader(),
         pods: Default::default(),
         configmaps: configmaps.as_reader(),
@@ -455,7 +456,7 @@ async fn a_failed_watch_reconnects() {
     let writer: Writer<Node> = Writer::default();
     let store = writer.as_reader();
     let (tx, mut rx) = mpsc::channel(16);
-    let task = tokio::spawn(watch_into(Api::<Node>::all(client), watcher::Config::default(), crate::facts::slim_node, writer, tx));
+    let task = tokio::spawn(watch_into(Api::<Node>::all(client), watcher::Config::default(), |_| {}, writer, tx));
     let (req, send) = api.next_request().await.expect("list");
     assert_eq!(req.uri().path(), "/api/v1/nodes");
     send.send_response(

@@ -418,7 +418,7 @@ fn garbage_collection_decisions() {
     struct Case {
         what: &'static str,
         module: Module,
-        nodes: Vec<NodeFacts<'static>>,
+        nodes: Vec<NodeFacts>,
         facts: Facts,
         existing: Vec<(String, String)>,
         garbage: Vec<(String, String)>,
