@@ -13,24 +13,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::{KERNELS, MODULES, NODES, facts, module, nodes, now};
+use cluster::{KERNELS, MODULES, NODES, facts, module, nodes, now, reset_peak, status_kib};
 use kforge_reconcile::api::Module;
 use kforge_reconcile::facts::slim_daemonset;
 use kforge_reconcile::labels::{KERNEL_FULL, label_value, ready_label};
 use kforge_reconcile::plan::{ImageFact, Plan, plan};
-
-/// A `/proc/self/status` figure in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
-
-/// Resets the peak RSS to the current RSS (Linux ≥ 4.0), so the peak covers the timed plans only.
-fn reset_peak() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
 
 fn main() {
     let setup = Instant::now();

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::{KERNELS, MODULES, NODES, facts, module, node, nodes, now};
+use cluster::{KERNELS, MODULES, NODES, facts, module, node, nodes, now, reset_peak, status_kib};
 use http::{Method, Request, Response};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::DaemonSetStatus;
@@ -437,19 +437,6 @@ async fn registry(lookups: Arc<AtomicU64>) -> String {
         }
     });
     addr
-}
-
-/// A `/proc/self/status` figure in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
-
-/// Resets the peak RSS to the current RSS (Linux ≥ 4.0).
-fn reset_peak() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 fn mib(kib: u64) -> f64 {

@@ -138,26 +138,14 @@ fn pod_module<'a>(pod: &LoaderPod<'a>, ns: &str, owners: &'a Nested<String>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo, Pod, PodCondition, PodSpec, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use crate::testing::loader_pod;
+    use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo, Pod};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use kube::runtime::reflector::store::Writer;
     use kube::runtime::watcher::Event;
 
     fn pod(name: &str, node: &str, ready: bool, own_label: bool) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("kmm".into()),
-                labels: own_label.then(|| [(labels::MODULE_NAME.to_string(), "m".to_string())].into()),
-                owner_references: Some(vec![OwnerReference { kind: "DaemonSet".into(), name: "m-loader".into(), ..Default::default() }]),
-                ..Default::default()
-            },
-            spec: Some(PodSpec { node_name: Some(node.into()), ..Default::default() }),
-            status: Some(PodStatus {
-                conditions: Some(vec![PodCondition { type_: "Ready".into(), status: if ready { "True" } else { "False" }.into(), ..Default::default() }]),
-                ..Default::default()
-            }),
-        }
+        loader_pod(name, node, ready, own_label.then_some("m"))
     }
 
     fn node(name: &str) -> Node {

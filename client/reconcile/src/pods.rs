@@ -176,25 +176,7 @@ impl LoaderPods {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-
-    fn pod(name: &str, node: &str, ready: bool, module: Option<&str>) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("kmm".into()),
-                labels: module.map(|m| [(labels::MODULE_NAME.to_string(), m.to_string())].into()),
-                owner_references: Some(vec![OwnerReference { kind: "DaemonSet".into(), name: "m-loader".into(), ..Default::default() }]),
-                ..Default::default()
-            },
-            spec: Some(PodSpec { node_name: Some(node.into()), ..Default::default() }),
-            status: Some(PodStatus {
-                conditions: Some(vec![PodCondition { type_: "Ready".into(), status: if ready { "True" } else { "False" }.into(), ..Default::default() }]),
-                ..Default::default()
-            }),
-        }
-    }
+    use crate::testing::loader_pod as pod;
 
     fn listed(pods: &LoaderPods) -> Vec<(String, String, bool)> {
         let mut out = Vec::new();

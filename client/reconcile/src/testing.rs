@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Toleration;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodSpec, PodStatus, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::*;
+use crate::labels;
 use crate::plan::{Facts, ImageFact, NodeFacts, ObjectKey, Plan};
 
 /// A fixed time.
@@ -190,5 +191,23 @@ impl Facts {
             }
         }
         self
+    }
+}
+
+/// A loader pod `kmm/name` of DaemonSet `m-loader` on `node`, with its own Module label if `module`.
+pub(crate) fn loader_pod(name: &str, node: &str, ready: bool, module: Option<&str>) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("kmm".into()),
+            labels: module.map(|m| [(labels::MODULE_NAME.to_string(), m.to_string())].into()),
+            owner_references: Some(vec![OwnerReference { kind: "DaemonSet".into(), name: "m-loader".into(), ..Default::default() }]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec { node_name: Some(node.into()), ..Default::default() }),
+        status: Some(PodStatus {
+            conditions: Some(vec![PodCondition { type_: "Ready".into(), status: if ready { "True" } else { "False" }.into(), ..Default::default() }]),
+            ..Default::default()
+        }),
     }
 }
