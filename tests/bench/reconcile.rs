@@ -186,7 +186,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn load(dir: &Path, host: &str) -> Cluster {
+    fn load(dir: &Path) -> Cluster {
         let module_lines: Vec<Box<str>> = std::fs::read_to_string(dir.join("modules.jsonl")).expect("modules").lines().map(Box::from).collect();
         let modules = module_lines.iter().map(|l| serde_json::from_str(l).expect("module")).collect();
         let mut ds_index = Vec::new();
@@ -208,7 +208,6 @@ impl Cluster {
                 secrets.push(serde_json::to_value(Secret { metadata, data: Some(data), type_: Some("Opaque".into()), ..Default::default() }).expect("json"));
             }
         }
-        let _ = host;
         Cluster { modules, module_lines, ds_index, ds_file: dir.join("daemonsets.jsonl"), loaders: table.loaders, configmaps, secrets }
     }
 
@@ -464,7 +463,7 @@ async fn bench() {
         .status()
         .expect("setup process");
     assert!(status.success(), "setup failed");
-    let cluster = Arc::new(Cluster::load(&dir, &host));
+    let cluster = Arc::new(Cluster::load(&dir));
 
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(svc, "default");

@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
+use tokio::sync::watch;
 
 use crate::api::Module;
 use crate::labels;
@@ -121,6 +122,30 @@ impl Stores {
         let ns = module.namespace().unwrap_or_default();
         let owners = self.daemonset_modules();
         self.pods.any(|pod_ns, p| pod_ns == ns && pod_module(&p, pod_ns, &owners) == Some(name.as_str()))
+    }
+}
+
+/// Whether a compact table has had its first complete list (shared by its clones).
+#[derive(Debug, Clone)]
+pub(crate) struct Listed(Arc<watch::Sender<bool>>);
+
+impl Default for Listed {
+    fn default() -> Self {
+        Listed(Arc::new(watch::channel(false).0))
+    }
+}
+
+impl Listed {
+    /// Records the first complete list.
+    pub(crate) fn done(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Waits for the first complete list.
+    pub(crate) async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives in `self`: the wait ends only when the list is complete.
+        let _ = rx.wait_for(|listed| *listed).await;
     }
 }
 

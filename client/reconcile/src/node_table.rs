@@ -7,8 +7,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher::Event;
-use tokio::sync::watch;
 
+use crate::cluster::Listed;
 use crate::facts::{self, Interner, NodeLabels};
 use crate::plan::NodeFacts;
 
@@ -22,16 +22,10 @@ struct State {
 }
 
 /// The nodes, fed by a node watcher.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NodeTable {
     state: Arc<RwLock<State>>,
-    ready: Arc<watch::Sender<bool>>,
-}
-
-impl Default for NodeTable {
-    fn default() -> Self {
-        NodeTable { state: Arc::default(), ready: Arc::new(watch::channel(false).0) }
-    }
+    listed: Listed,
 }
 
 impl NodeTable {
@@ -50,7 +44,7 @@ impl NodeTable {
                     state.nodes = nodes;
                 }
                 state.names.prune();
-                self.ready.send_replace(true);
+                self.listed.done();
             }
             Event::Apply(node) => {
                 let facts = facts::node_interned(&node, &mut state.names);
@@ -83,9 +77,7 @@ impl NodeTable {
 
     /// Waits for the first complete list.
     pub(crate) async fn wait_until_ready(&self) {
-        let mut rx = self.ready.subscribe();
-        // The sender lives in `self`: the wait ends only when the list is complete.
-        let _ = rx.wait_for(|ready| *ready).await;
+        self.listed.wait().await;
     }
 }
 

@@ -10,8 +10,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::watcher::Event;
-use tokio::sync::watch;
 
+use crate::cluster::Listed;
 use crate::labels;
 
 /// What is known of one loader pod, borrowed from the pod table.
@@ -108,16 +108,10 @@ struct State {
 }
 
 /// The loader pods, fed by a pod watcher.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoaderPods {
     state: Arc<RwLock<State>>,
-    ready: Arc<watch::Sender<bool>>,
-}
-
-impl Default for LoaderPods {
-    fn default() -> Self {
-        LoaderPods { state: Arc::default(), ready: Arc::new(watch::channel(false).0) }
-    }
+    listed: Listed,
 }
 
 impl LoaderPods {
@@ -135,7 +129,7 @@ impl LoaderPods {
                 if let Some((pods, names)) = state.relist.take() {
                     (state.pods, state.names) = (pods, names);
                 }
-                self.ready.send_replace(true);
+                self.listed.done();
             }
             Event::Apply(pod) => {
                 let compact = state.names.compact(&pod);
@@ -167,9 +161,7 @@ impl LoaderPods {
 
     /// Waits for the first complete list.
     pub(crate) async fn wait_until_ready(&self) {
-        let mut rx = self.ready.subscribe();
-        // The sender lives in `self`: the wait ends only when the list is complete.
-        let _ = rx.wait_for(|ready| *ready).await;
+        self.listed.wait().await;
     }
 }
 
